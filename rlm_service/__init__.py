@@ -1,0 +1,31 @@
+"""rlm-service: Recursive Language Model runs as a streaming gRPC service.
+
+The public API is re-exported here lazily, so that the sandboxed REPL (which
+imports ``rlm_service.repl_guest``) does not load the service's modules.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+__all__ = ["AsyncRLMClient", "RLMClient", "Settings", "serve"]
+
+if TYPE_CHECKING:
+    from rlm_service.client import AsyncRLMClient, RLMClient
+    from rlm_service.config import Settings
+    from rlm_service.server import serve
+
+_LOCATIONS = {
+    "AsyncRLMClient": "rlm_service.client",
+    "RLMClient": "rlm_service.client",
+    "Settings": "rlm_service.config",
+    "serve": "rlm_service.server",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LOCATIONS:
+        import importlib
+
+        return getattr(importlib.import_module(_LOCATIONS[name]), name)
+    raise AttributeError(name)

@@ -1,0 +1,7 @@
+"""Host side of the sandboxed REPL: launching, talking to and killing REPL processes."""
+
+from rlm_service.repl.pool import ReplPool
+from rlm_service.repl.process import ExecResult, ReplError, ReplProcess
+from rlm_service.repl.sandbox import Sandbox, SandboxUnavailable
+
+__all__ = ["ExecResult", "ReplError", "ReplPool", "ReplProcess", "Sandbox", "SandboxUnavailable"]

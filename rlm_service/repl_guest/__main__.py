@@ -1,0 +1,3 @@
+from rlm_service.repl_guest.main import main
+
+main()

@@ -1,0 +1,36 @@
+"""Framing for the control channel between the service and a sandboxed REPL.
+
+A frame is a 4-byte big-endian length followed by that many bytes of UTF-8
+JSON. The channel is a dedicated socket, never fds 0/1/2, so whatever user code
+prints cannot corrupt it.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from typing import Any
+
+HEADER = struct.Struct(">I")
+MAX_FRAME = 64 * 1024 * 1024
+
+
+def encode(message: dict[str, Any]) -> bytes:
+    body = json.dumps(message, ensure_ascii=False, separators=(",", ":")).encode()
+    if len(body) > MAX_FRAME:
+        raise ValueError(f"frame of {len(body)} bytes exceeds {MAX_FRAME}")
+    return HEADER.pack(len(body)) + body
+
+
+def decode_length(header: bytes) -> int:
+    (length,) = HEADER.unpack(header)
+    if length > MAX_FRAME:
+        raise ValueError(f"frame of {length} bytes exceeds {MAX_FRAME}")
+    return int(length)
+
+
+def decode_body(body: bytes) -> dict[str, Any]:
+    message = json.loads(body.decode())
+    if not isinstance(message, dict):
+        raise ValueError("frame is not a JSON object")
+    return message
