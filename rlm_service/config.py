@@ -26,6 +26,12 @@ class Settings(BaseSettings):
     shutdown_grace_seconds: float = Field(8.0, ge=0)
     heartbeat_seconds: float = Field(15.0, gt=0)
     max_concurrent_runs: int = Field(32, ge=1)
+    # Telemetry. Tracing itself is configured by the standard OTEL_* variables
+    # (see rlm_service/telemetry/tracing.py); only the service name is here.
+    metrics_host: str = "0.0.0.0"
+    log_level: str = Field("INFO", pattern=r"(?i)^(debug|info|warning|warn|error|critical)$")
+    log_debug: bool = False
+    otel_service_name: str = "rlm-service"
 
     # --- models -----------------------------------------------------------
     rlm_backend: BackendName = "gemini"
@@ -43,6 +49,15 @@ class Settings(BaseSettings):
     model_retry_base_seconds: float = Field(0.5, ge=0)
     model_retry_max_seconds: float = Field(30.0, ge=0)
     max_concurrent_model_calls: int = Field(64, ge=1)
+    # Catalog overrides (see rlm_service/models/catalog.py), JSON in the environment:
+    # MODEL_PRICES_JSON='{"my-model": {"input": 0.1, "output": 0.4, "cached": 0.025}}'
+    # (USD per 1M tokens; optional "long_threshold", "long_input", "long_output",
+    # "long_cached" for prompts above a size) and
+    # MODEL_INPUT_LIMITS_JSON='{"my-model": 32768}'. Keys match exactly or as the
+    # longest prefix of a model name.
+    model_prices_json: dict[str, dict[str, float]] = Field(default_factory=dict)
+    model_input_limits_json: dict[str, int] = Field(default_factory=dict)
+    model_default_input_limit: int = Field(default=128_000, ge=1)
 
     # --- runs ---------------------------------------------------------------
     default_max_iterations: int = Field(30, ge=1)
@@ -53,6 +68,7 @@ class Settings(BaseSettings):
     max_timeout_seconds: float = Field(3600.0, gt=0)
     max_output_chars: int = Field(20_000, ge=100)
     batch_concurrency: int = Field(16, ge=1)
+    child_run_concurrency: int = Field(4, ge=1)
     max_batch_prompts: int = Field(5000, ge=1)
     max_prompt_chars: int = Field(1_000_000, ge=1)
     log_prompts: bool = False

@@ -43,8 +43,12 @@ def build_backends(settings: Settings) -> dict[str, ModelBackend]:
     """The backends the root and sub models need, keyed by backend name.
 
     Raises ValueError naming the missing setting when a needed backend has no
-    credentials or endpoint configured.
+    credentials or endpoint configured. Also installs the settings' price and
+    input-limit overrides in ``rlm_service.models.catalog``.
     """
+    from rlm_service.models import catalog
+
+    catalog.configure(settings)
     backends: dict[str, ModelBackend] = {}
     for name in dict.fromkeys((settings.rlm_backend, settings.sub_backend)):
         if not settings.backend_configured(name):

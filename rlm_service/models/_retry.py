@@ -106,25 +106,34 @@ async def run_with_retries(
     deadline: float | None,
     on_retry: RetryHook | None,
     what: str,
+    limiter: asyncio.Semaphore | None = None,
     rng: random.Random | None = None,
 ) -> ModelReply:
     """Run ``attempt`` until it succeeds or the policy says stop.
 
     ``what`` names the call in messages ("the Gemini model gemini-2.5-flash").
-    Cancellation of the caller propagates at once, also out of a sleep.
+    ``limiter`` bounds concurrent attempts; waiting for it is bounded by the
+    deadline but not by the per-call timeout, so a busy process does not turn
+    queueing into timeouts. Cancellation of the caller propagates at once,
+    also out of a wait or a sleep.
     """
     retries = 0
     spent = TokenUsage()  # tokens billed by failed attempts still count
     per_kind: dict[str, int] = {}
     while True:
-        remaining = math.inf if deadline is None else deadline - time.monotonic()
-        if remaining <= 0:
-            raise ModelError(f"{what} could not be called: the deadline had already passed",
+        if limiter is not None and not await _acquire(limiter, deadline):
+            raise ModelError(f"{what} could not be called before the deadline: too many "
+                             "model calls were already running",
                              code=grpc.StatusCode.DEADLINE_EXCEEDED, kind="timeout",
                              usage=spent, retries=retries)
-        timeout = min(policy.attempt_timeout, remaining)
-        cut_by_deadline = remaining <= policy.attempt_timeout
         try:
+            remaining = math.inf if deadline is None else deadline - time.monotonic()
+            if remaining <= 0:
+                raise ModelError(f"{what} could not be called: the deadline had already passed",
+                                 code=grpc.StatusCode.DEADLINE_EXCEEDED, kind="timeout",
+                                 usage=spent, retries=retries)
+            timeout = min(policy.attempt_timeout, remaining)
+            cut_by_deadline = remaining <= policy.attempt_timeout
             async with asyncio.timeout(timeout):
                 reply = await attempt()
             return dataclasses.replace(reply, usage=add_usage(reply.usage, spent), retries=retries)
@@ -139,8 +148,13 @@ async def run_with_retries(
                 kind="timeout", code=grpc.StatusCode.DEADLINE_EXCEEDED, retryable=True)
         except AttemptError as exc:
             failure = exc
+        except ModelError:
+            raise
         except Exception as exc:
             failure = classify(exc)
+        finally:
+            if limiter is not None:
+                limiter.release()
         spent = add_usage(spent, failure.usage)
 
         per_kind[failure.kind] = per_kind.get(failure.kind, 0) + 1
@@ -163,6 +177,23 @@ async def run_with_retries(
         if on_retry is not None:
             on_retry(retries, delay, failure.kind)
         await asyncio.sleep(delay)
+
+
+async def _acquire(limiter: asyncio.Semaphore, deadline: float | None) -> bool:
+    if deadline is None:
+        await limiter.acquire()
+        return True
+    try:
+        async with asyncio.timeout_at(_loop_time(deadline)):
+            await limiter.acquire()
+    except TimeoutError:
+        return False
+    return True
+
+
+def _loop_time(deadline: float) -> float:
+    """Convert a time.monotonic() deadline to the running loop's clock."""
+    return asyncio.get_running_loop().time() + (deadline - time.monotonic())
 
 
 def _plural(n: int, one: str, many: str) -> str:

@@ -34,13 +34,6 @@ from rlm_service.models._retry import (
     scrub,
 )
 
-try:  # The SDK switches to aiohttp whenever it is importable, so its errors matter too.
-    import aiohttp
-
-    _AIOHTTP_ERRORS: tuple[type[Exception], ...] = (aiohttp.ClientError,)
-except ImportError:  # pragma: no cover - depends on the environment
-    _AIOHTTP_ERRORS = ()
-
 log = logging.getLogger(__name__)
 
 _RETRYABLE_STATUS = {408, 500, 502, 503, 504}
@@ -65,8 +58,17 @@ class GeminiBackend:
         self._policy = RetryPolicy.from_settings(settings)
         self._api_key = settings.gemini_api_key.get_secret_value() if settings.gemini_api_key else None
         self._semaphore = asyncio.Semaphore(settings.max_concurrent_model_calls)
+        # Our own httpx2 client pins the transport: left alone, the SDK switches
+        # to aiohttp whenever that happens to be importable, which changes its
+        # error types and timeout behaviour with the environment.
+        self._http = httpx2.AsyncClient(
+            limits=httpx2.Limits(max_connections=settings.max_concurrent_model_calls,
+                                 max_keepalive_connections=settings.max_concurrent_model_calls),
+            timeout=httpx2.Timeout(settings.model_timeout_seconds),
+        )
         http_options = types.HttpOptions(
             base_url=settings.gemini_base_url,
+            httpx_async_client=self._http,
             # One attempt per SDK call: the SDK's own retries (and its silent
             # 1-10 s reconnect on aiohttp errors) would hide failures from our
             # policy, our deadline and on_retry.
@@ -106,27 +108,36 @@ class GeminiBackend:
         what = f"the Gemini model {model}"
 
         async def attempt() -> ModelReply:
-            async with self._semaphore:
-                if on_delta is None:
-                    response = await self._client.aio.models.generate_content(
-                        model=model, contents=contents, config=config)
-                    return _reply_from([response], what)
-                chunks: list[types.GenerateContentResponse] = []
-                stream = await self._client.aio.models.generate_content_stream(
+            if on_delta is None:
+                response = await self._client.aio.models.generate_content(
                     model=model, contents=contents, config=config)
+                return _reply_from([response], what)
+            chunks: list[types.GenerateContentResponse] = []
+            stream = await self._client.aio.models.generate_content_stream(
+                model=model, contents=contents, config=config)
+            try:
                 async for chunk in stream:
                     chunks.append(chunk)
                     text = _text_of(chunk)
                     if text:
                         on_delta(text)
-                return _reply_from(chunks, what)
+            finally:
+                # Closing the generator releases the HTTP response now, so
+                # a timeout or cancellation mid-stream also ends the request
+                # at the server instead of whenever the generator is collected.
+                aclose = getattr(stream, "aclose", None)
+                if aclose is not None:
+                    await aclose()
+            return _reply_from(chunks, what)
 
         return await run_with_retries(
             attempt, policy=self._policy, classify=lambda e: self._classify(e, what),
-            deadline=deadline, on_retry=on_retry, what=what)
+            deadline=deadline, on_retry=on_retry, what=what,
+            limiter=self._semaphore)
 
     async def aclose(self) -> None:
         await self._client.aio.aclose()
+        await self._http.aclose()
 
     # -- error mapping ---------------------------------------------------------------
 
@@ -142,7 +153,7 @@ class GeminiBackend:
             return AttemptError(f"{what} did not answer in time (the connection timed out)",
                                 kind="timeout", code=grpc.StatusCode.DEADLINE_EXCEEDED,
                                 retryable=True)
-        if isinstance(exc, (httpx2.TransportError, OSError, *_AIOHTTP_ERRORS)):
+        if isinstance(exc, httpx2.TransportError | OSError):
             return AttemptError(
                 f"{what} could not be reached: the connection failed or was closed "
                 "before a complete answer arrived",

@@ -87,6 +87,7 @@ class Sandbox:
         self._allowed = set(ALL_LAYERS) if self._allow_all else allowed
         self._uids = itertools.count()
         self.bwrap = shutil.which("bwrap")
+        self.setpriv = shutil.which("setpriv")
         self.is_root = os.geteuid() == 0
         self.python = self._pick_python()
         self.site = _site_dir()
@@ -110,14 +111,15 @@ class Sandbox:
         active: list[str] = []
         if self.bwrap:
             active += ["namespaces", "readonly-fs", "tmpfs", "no-new-privs"]
-        if self.is_root:
+        if self.is_root and self.setpriv:
             active.append("uid")
         active.append("rlimits")
         missing = [x for x in ALL_LAYERS if x not in active]
         refused = [x for x in missing if x not in self._allowed]
         if refused:
             reasons = {
-                "uid": "the service is not root, so it cannot run REPLs under another uid",
+                "uid": "the service is not root (or setpriv is missing), so it cannot run "
+                       "REPLs under another uid",
                 "namespaces": "bubblewrap (bwrap) is not installed",
             }
             why = "; ".join(reasons.get(x, f"{x} unavailable") for x in refused)
@@ -161,8 +163,11 @@ class Sandbox:
             "--max-output", str(self.settings.max_output_chars),
         ]
         kwargs: dict[str, Any] = {"pass_fds": (ctrl_fd,), "start_new_session": True}
-        if "uid" in self.layers:
-            kwargs.update(user=uid, group=uid, extra_groups=[])
+        # setpriv drops to the run's uid after exec. Popen(user=...) would do it in a
+        # forked copy of this multi-threaded (gRPC) process instead of a vfork child,
+        # which is slower and can crash between fork and exec.
+        drop = ([self.setpriv, f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--"]
+                if "uid" in self.layers and self.setpriv else [])
         if "namespaces" not in self.layers or self.bwrap is None:
             env = {
                 "PYTHONPATH": f"{PACKAGE_DIR.parent}{os.pathsep}{self.site}",
@@ -170,8 +175,8 @@ class Sandbox:
                 "PATH": "/usr/bin:/bin",
                 "LANG": "C.UTF-8",
             }
-            return Launch([self.python, *guest_args], env, {**kwargs, "cwd": run_dir})
-        argv = [self.bwrap, "--unshare-all", "--die-with-parent", "--new-session",
+            return Launch([*drop, self.python, *guest_args], env, {**kwargs, "cwd": run_dir})
+        argv = [*drop, self.bwrap, "--unshare-all", "--die-with-parent", "--new-session",
                 "--ro-bind", "/usr", "/usr"]
         for name in ("bin", "lib", "lib64", "lib32", "sbin"):
             p = Path("/") / name

@@ -32,8 +32,8 @@ from __future__ import annotations
 import asyncio
 import inspect
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from typing import Any, Final
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Final
 
 import grpc
 import grpc.aio
@@ -44,7 +44,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from rlm_service.telemetry import metrics
 from rlm_service.telemetry.tracing import extract_context, tracer
 
-__all__ = ["MetricsInterceptor", "split_method"]
+__all__ = ["DEFAULT_UNTRACED_SERVICES", "MetricsInterceptor", "split_method"]
 
 UNARY: Final = "UNARY"
 CLIENT_STREAM: Final = "CLIENT_STREAM"
@@ -71,6 +71,22 @@ _SERVER_ERROR_CODES: Final = frozenset(
 )
 
 _Handler = Callable[..., Any]
+
+DEFAULT_UNTRACED_SERVICES: Final = (
+    "grpc.health.v1.Health",
+    "grpc.reflection.v1.ServerReflection",
+    "grpc.reflection.v1alpha.ServerReflection",
+)
+
+if TYPE_CHECKING:
+    _InterceptorBase = grpc.aio.ServerInterceptor[Any, Any]
+    _AnyMethodHandler = grpc.RpcMethodHandler[Any, Any]
+else:  # the runtime classes are not subscriptable
+    _InterceptorBase = grpc.aio.ServerInterceptor
+    _AnyMethodHandler = grpc.RpcMethodHandler
+
+# grpc.aio.EOF is missing from grpc-stubs.
+_EOF: object = grpc.aio.EOF  # type: ignore[attr-defined]
 
 
 def split_method(full_method: str) -> tuple[str, str]:
@@ -203,7 +219,7 @@ class _CountingContext:
 
     async def read(self) -> Any:
         message = await self._context.read()
-        if message is not grpc.aio.EOF:
+        if message is not _EOF:
             self._rpc.received()
         return message
 
@@ -220,22 +236,31 @@ def _count_sync_requests(requests: Any, rpc: _Rpc) -> Iterator[Any]:
         yield message
 
 
-class MetricsInterceptor(grpc.aio.ServerInterceptor):
+class MetricsInterceptor(_InterceptorBase):
     """Records ``grpc_server_*`` metrics (and, if ``trace``, a server span) per RPC.
 
     Put it first in ``grpc.aio.server(interceptors=[...])`` so it times and
-    sees the outcome of everything after it.
+    sees the outcome of everything after it. ``exclude_services`` get neither
+    metrics nor spans; ``untraced_services`` get metrics only (by default the
+    health and reflection services, whose probes would flood the traces).
     """
 
-    def __init__(self, *, trace: bool = True, exclude_services: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self,
+        *,
+        trace: bool = True,
+        exclude_services: Iterable[str] = (),
+        untraced_services: Iterable[str] = DEFAULT_UNTRACED_SERVICES,
+    ) -> None:
         self._trace = trace
         self._exclude = frozenset(exclude_services)
+        self._untraced = frozenset(untraced_services)
 
     async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[_AnyMethodHandler]],
         handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
+    ) -> _AnyMethodHandler:
         handler = await continuation(handler_call_details)
         # None means "method not found": the server answers UNIMPLEMENTED and
         # there is no handler to wrap; unknown method names would also be
@@ -251,13 +276,12 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
     def _start(
         self, grpc_type: str, service: str, method: str, metadata: Any, *, make_current: bool
     ) -> _Rpc:
-        return _Rpc(
-            grpc_type, service, method, metadata, traced=self._trace, make_current=make_current
-        )
+        traced = self._trace and service not in self._untraced
+        return _Rpc(grpc_type, service, method, metadata, traced=traced, make_current=make_current)
 
     def _wrap(
-        self, handler: grpc.RpcMethodHandler, service: str, method: str, metadata: Any
-    ) -> grpc.RpcMethodHandler:
+        self, handler: _AnyMethodHandler, service: str, method: str, metadata: Any
+    ) -> _AnyMethodHandler:
         kw: dict[str, Any] = {
             "request_deserializer": handler.request_deserializer,
             "response_serializer": handler.response_serializer,
@@ -399,4 +423,3 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
 
 def _is_async(fn: _Handler) -> bool:
     return inspect.iscoroutinefunction(fn) or inspect.isasyncgenfunction(fn)
-

@@ -124,21 +124,24 @@ def _redact(value: Any, pattern: re.Pattern[str]) -> Any:
 class RedactSecretsFilter(logging.Filter):
     """Redacts secrets from the message and ``extra=`` fields of every record.
 
-    Formatted tracebacks are produced later, by the formatter, which redacts
-    its whole output as well; this filter protects any other handler
-    (e.g. a test's or a library's) attached next to ours.
+    It also caches a redacted traceback in ``exc_text``, which plain
+    ``logging.Formatter``s reuse. CloudLoggingFormatter formats tracebacks
+    itself and redacts its whole output, so both paths are covered.
     """
 
     def filter(self, record: logging.LogRecord) -> bool:
         pattern = _secret_re
         if pattern is None:
             return True
-        try:
-            message = record.getMessage()
-        except Exception:  # a bad format string; let the handler report it
-            return True
-        record.msg = _redact(message, pattern)
-        record.args = None
+        if isinstance(record.msg, dict):
+            record.msg = _redact(record.msg, pattern)
+        else:
+            try:
+                message = record.getMessage()
+            except Exception:  # a bad format string; let the handler report it
+                return True
+            record.msg = _redact(message, pattern)
+            record.args = None
         for key, value in list(record.__dict__.items()):
             if key not in RESERVED_ATTRS:
                 record.__dict__[key] = _redact(value, pattern)
@@ -164,8 +167,10 @@ def _severity(levelno: int) -> str:
 
 
 def _rfc3339(created: float) -> str:
-    return datetime.fromtimestamp(created, tz=UTC).isoformat(timespec="microseconds").replace(
-        "+00:00", "Z"
+    return (
+        datetime.fromtimestamp(created, tz=UTC)
+        .isoformat(timespec="microseconds")
+        .replace("+00:00", "Z")
     )
 
 
@@ -175,22 +180,6 @@ class CloudLoggingFormatter(JsonFormatter):
     def __init__(self, project: str | None = None) -> None:
         super().__init__(json_ensure_ascii=False)
         self.project = project
-
-    def formatException(self, ei: Any) -> str:  # type: ignore[override]
-        # The record keeps exc_info; a redacting filter may have cached a
-        # redacted exc_text, which takes precedence over re-formatting.
-        return str(super().formatException(ei))
-
-    def format(self, record: logging.LogRecord) -> str:
-        # A filter may have cached the redacted traceback in exc_text; the
-        # base class would otherwise re-format exc_info unredacted.
-        if record.exc_info and record.exc_text:
-            saved, record.exc_info = record.exc_info, None
-            try:
-                return super().format(record)
-            finally:
-                record.exc_info = saved
-        return super().format(record)
 
     def add_fields(
         self,

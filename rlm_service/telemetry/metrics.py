@@ -175,10 +175,10 @@ rlm_sandbox_busy = Gauge("rlm_sandbox_busy", "Sandboxes currently assigned to a 
 
 # Zero-valued series for the fixed label sets make rate() and absent()-based
 # alerts work before the first event of each kind.
-for _outcome in RUN_OUTCOMES:
-    rlm_runs.labels(outcome=_outcome)
-for _outcome in REPL_OUTCOMES:
-    rlm_repl_blocks.labels(outcome=_outcome)
+for _run_outcome in RUN_OUTCOMES:
+    rlm_runs.labels(outcome=_run_outcome)
+for _repl_outcome in REPL_OUTCOMES:
+    rlm_repl_blocks.labels(outcome=_repl_outcome)
 
 
 def observe_model_call(

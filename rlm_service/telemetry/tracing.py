@@ -49,6 +49,9 @@ _log = logging.getLogger(__name__)
 _lock = threading.Lock()
 _provider: TracerProvider | None = None
 _tracer: trace.Tracer | None = None
+# Set once we install our provider globally: after shutdown_tracing() the
+# global one is dead, and tracer() must not hand out its tracers.
+_global_is_ours = False
 
 
 def _env(name: str) -> str:
@@ -110,7 +113,7 @@ def setup_tracing(
     repeatedly; the environment-configured provider is also made global so
     libraries that trace through the API join the same traces.
     """
-    global _provider, _tracer
+    global _provider, _tracer, _global_is_ours
     with _lock:
         _shutdown_locked()
         if exporter is not None:
@@ -127,6 +130,7 @@ def setup_tracing(
             # later calls only log a warning, which is fine for a server.
             if not isinstance(trace.get_tracer_provider(), TracerProvider):
                 trace.set_tracer_provider(provider)
+                _global_is_ours = True
         _provider = provider
         _tracer = provider.get_tracer(TRACER_NAME)
         return provider
@@ -145,6 +149,8 @@ def tracer() -> trace.Tracer:
     current = _tracer
     if current is not None:
         return current
+    if _global_is_ours:
+        return trace.NoOpTracer()
     return trace.get_tracer(TRACER_NAME)
 
 

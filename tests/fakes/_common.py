@@ -117,6 +117,8 @@ class FakeServer:
         self.model_latency: dict[str, float] = {}
         self.thinking_tokens: int = 0
         self.cached_tokens: int = 0
+        # Gap between streamed chunks; raise it to cancel or time out mid-stream.
+        self.chunk_delay: float = 0.005
         self.sub_answer: Callable[[str], str] = _default_sub_answer
         self._scripts: dict[str, list[Turn]] = {}
         self._faults: deque[_QueuedFault] = deque()
@@ -169,7 +171,7 @@ class FakeServer:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(("127.0.0.1", 0))
         self._port = sock.getsockname()[1]
-        await web.SockSite(runner, sock, shutdown_timeout=0.5).start()
+        await web.SockSite(runner, sock).start()
         self._runner = runner
 
     def stop(self) -> None:
@@ -293,6 +295,19 @@ class FakeServer:
     async def _hang(self) -> None:
         await asyncio.sleep(self.HANG_SECONDS)
 
+    async def _transport_fault(self, hit: FaultHit | None, req: Req,
+                               request: web.Request) -> web.StreamResponse | None:
+        """Faults that look the same whatever the API: hang, drop, garbage."""
+        if hit is None:
+            return None
+        if hit.fault is Fault.HANG:
+            await self._hang()
+        if hit.fault is Fault.DROP_CONNECTION:
+            return self._drop(request)
+        if hit.fault is Fault.MALFORMED_JSON:
+            return await self._malformed(request, stream=req.stream)
+        return None
+
     @staticmethod
     def _drop(request: web.Request) -> web.StreamResponse:
         # Closing the transport without writing anything is what a crashed
@@ -302,16 +317,30 @@ class FakeServer:
             transport.abort()
         raise _DroppedError
 
-    @staticmethod
-    async def _malformed(request: web.Request, *, stream: bool) -> web.StreamResponse:
+    # Cut off mid-object: the shape a truncated or garbled upstream body has.
+    MALFORMED_BODY = b'{"candidates": [{"content": {"par'
+    MALFORMED_SSE = b'data: {"candidates": [{"content": {"parts": [{"te\r\n\r\n'
+
+    async def _malformed(self, request: web.Request, *, stream: bool) -> web.StreamResponse:
         if stream:
             resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
             await resp.prepare(request)
-            await resp.write(b'data: {"candidates": [{"content": {"parts": [{"te\r\n\r\n')
+            await resp.write(self.MALFORMED_SSE)
             await resp.write_eof()
             return resp
-        return web.Response(status=200, body=b'{"candidates": [{"content": {"par',
-                            content_type="application/json")
+        return web.Response(status=200, body=self.MALFORMED_BODY, content_type="application/json")
+
+    async def _send_sse(self, request: web.Request, events: list[bytes]) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream",
+                                           "Cache-Control": "no-cache"})
+        await resp.prepare(request)
+        for i, event in enumerate(events):
+            if i and self.chunk_delay > 0:
+                # A gap makes the chunks arrive as separate reads.
+                await asyncio.sleep(self.chunk_delay)
+            await resp.write(event)
+        await resp.write_eof()
+        return resp
 
 
 class _DroppedError(asyncio.CancelledError):

@@ -7,15 +7,14 @@
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 from typing import Any
 
 from aiohttp import web
 
 from tests.fakes._common import (
-    Fault,
     FakeServer,
+    Fault,
     Reply,
     Req,
     chunk_text,
@@ -25,7 +24,7 @@ from tests.fakes._common import (
     tokens_for,
 )
 
-__all__ = ["Fault", "FakeGemini", "Reply", "Req"]
+__all__ = ["FakeGemini", "Fault", "Reply", "Req"]
 
 _ERRORS: dict[Fault, tuple[int, str, str]] = {
     Fault.RATE_LIMIT_429: (
@@ -132,12 +131,9 @@ class FakeGemini(FakeServer):
         hit = self._take_fault(req.model)
         fault = hit.fault if hit else None
         params = dict(hit.params) if hit else {}
-        if fault is Fault.HANG:
-            await self._hang()
-        if fault is Fault.DROP_CONNECTION:
-            return self._drop(request)
-        if fault is Fault.MALFORMED_JSON:
-            return await self._malformed(request, stream=req.stream)
+        special = await self._transport_fault(hit, req, request)
+        if special is not None:
+            return special
         if fault in _ERRORS:
             assert fault is not None
             code, status, message = _ERRORS[fault]
@@ -152,7 +148,7 @@ class FakeGemini(FakeServer):
 
         reply = self._reply_for(req)
         if fault is Fault.PROMPT_BLOCKED:
-            payload = {
+            blocked: dict[str, Any] = {
                 "promptFeedback": {
                     "blockReason": params.get("block_reason", "SAFETY"),
                     "safetyRatings": _ratings(blocked=True),
@@ -161,10 +157,11 @@ class FakeGemini(FakeServer):
                 "modelVersion": req.model,
                 "responseId": self._response_id(),
             }
-            return await self._send([payload], req, request)
+            return await self._send([blocked], req, request)
         if fault is Fault.EMPTY_CANDIDATES:
-            payload = {"usageMetadata": self._usage(req, reply, ""), "modelVersion": req.model,
-                       "responseId": self._response_id()}
+            payload: dict[str, Any] = {"usageMetadata": self._usage(req, reply, ""),
+                                       "modelVersion": req.model,
+                                       "responseId": self._response_id()}
             if params.get("variant") == "empty_parts":
                 payload["candidates"] = [{"content": {"role": "model"}, "finishReason": "STOP",
                                           "index": 0}]
@@ -232,15 +229,7 @@ class FakeGemini(FakeServer):
                     request: web.Request) -> web.StreamResponse:
         if not req.stream:
             return json_response(payloads[-1])
-        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
-        await resp.prepare(request)
-        for i, payload in enumerate(payloads):
-            if i:
-                # A short gap makes the chunks arrive as separate reads.
-                await asyncio.sleep(0.005)
-            await resp.write(sse(payload))
-        await resp.write_eof()
-        return resp
+        return await self._send_sse(request, [sse(p) for p in payloads])
 
     def _response_id(self) -> str:
         return f"fake-{next(self._ids)}"

@@ -1,0 +1,93 @@
+"""A small Python client for RLMService, sync and async."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import grpc
+from google.protobuf import json_format, struct_pb2
+
+from rlm_service._gen.rlm.v1 import rlm_pb2, rlm_pb2_grpc
+
+_OPTIONS = [
+    ("grpc.max_send_message_length", 512 * 1024 * 1024),
+    ("grpc.max_receive_message_length", 512 * 1024 * 1024),
+]
+
+
+def make_request(prompt: str, context: Any = None, **fields: Any) -> rlm_pb2.CompletionRequest:
+    """Builds a CompletionRequest; ``context`` may be a str, list or dict."""
+    request = rlm_pb2.CompletionRequest(prompt=prompt, **fields)
+    if context is not None:
+        if isinstance(context, str):
+            request.context.string_value = context
+        else:
+            json_format.ParseDict(json.loads(json.dumps(context)), request.context)
+    return request
+
+
+class RLMClient:
+    """Blocking client. Use as a context manager or call close()."""
+
+    def __init__(self, target: str = "localhost:8080") -> None:
+        self._channel = grpc.insecure_channel(target, options=_OPTIONS)
+        self._stub = rlm_pb2_grpc.RLMServiceStub(self._channel)
+
+    def stream(self, prompt: str, context: Any = None, *, timeout: float | None = None,
+               **fields: Any) -> Iterator[rlm_pb2.CompletionEvent]:
+        """Yields every event of the run as it arrives."""
+        yield from self._stub.StreamCompletion(make_request(prompt, context, **fields),
+                                               timeout=timeout)
+
+    def complete(self, prompt: str, context: Any = None, *, timeout: float | None = None,
+                 **fields: Any) -> rlm_pb2.CompletionResponse:
+        response: rlm_pb2.CompletionResponse = self._stub.Complete(
+            make_request(prompt, context, **fields), timeout=timeout)
+        return response
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> RLMClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class AsyncRLMClient:
+    """asyncio client. Use as an async context manager or await close()."""
+
+    def __init__(self, target: str = "localhost:8080") -> None:
+        self._channel = grpc.aio.insecure_channel(target, options=_OPTIONS)
+        self._stub = rlm_pb2_grpc.RLMServiceStub(self._channel)
+
+    async def stream(self, prompt: str, context: Any = None, *, timeout: float | None = None,
+                     **fields: Any) -> AsyncIterator[rlm_pb2.CompletionEvent]:
+        call = self._stub.StreamCompletion(make_request(prompt, context, **fields),
+                                           timeout=timeout)
+        try:
+            async for event in call:
+                yield event
+        finally:
+            call.cancel()
+
+    async def complete(self, prompt: str, context: Any = None, *, timeout: float | None = None,
+                       **fields: Any) -> rlm_pb2.CompletionResponse:
+        response: rlm_pb2.CompletionResponse = await self._stub.Complete(
+            make_request(prompt, context, **fields), timeout=timeout)
+        return response
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+    async def __aenter__(self) -> AsyncRLMClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+
+__all__ = ["AsyncRLMClient", "RLMClient", "make_request", "struct_pb2"]

@@ -1,0 +1,212 @@
+"""The public RLMService: request validation and the event stream."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import re
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+from google.protobuf import json_format
+
+from rlm_service._gen.rlm.v1 import rlm_pb2, rlm_pb2_grpc
+from rlm_service.budget import Limits
+from rlm_service.config import Settings
+from rlm_service.models import GenerateOptions
+from rlm_service.run.engine import Engine, RunFailed, RunSpec
+from rlm_service.telemetry.logs import request_id_var
+from rlm_service.telemetry.tracing import extract_context, tracer
+
+log = logging.getLogger(__name__)
+_MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/@-]{0,127}$")
+Context = grpc.aio.ServicerContext[Any, Any]
+
+
+class InvalidRequest(ValueError):
+    pass
+
+
+def _check_options(opts: rlm_pb2.ModelOptions, which: str) -> GenerateOptions:
+    temperature = opts.temperature if opts.HasField("temperature") else None
+    thinking = opts.thinking_budget if opts.HasField("thinking_budget") else None
+    if temperature is not None and not (0.0 <= temperature <= 2.0):
+        raise InvalidRequest(f"{which}.temperature must be between 0 and 2, got {temperature:g}")
+    if thinking is not None and thinking < -1:
+        raise InvalidRequest(f"{which}.thinking_budget must be -1 (automatic) or >= 0")
+    return GenerateOptions(temperature=temperature, thinking_budget=thinking)
+
+
+def build_spec(request: rlm_pb2.CompletionRequest, settings: Settings,
+               deadline_left: float | None) -> RunSpec:
+    """Turns a request into a RunSpec or raises InvalidRequest with an actionable message."""
+    prompt = request.prompt
+    if not prompt.strip():
+        raise InvalidRequest("prompt is required: set `prompt` to the question to answer")
+    if len(prompt) > settings.max_prompt_chars:
+        raise InvalidRequest(
+            f"prompt has {len(prompt):,} characters; the limit is {settings.max_prompt_chars:,}. "
+            "Put long material in `context` instead."
+        )
+    context: Any = ""
+    if request.HasField("context"):
+        kind = request.context.WhichOneof("kind")
+        if kind == "string_value":
+            context = request.context.string_value
+        elif kind in ("list_value", "struct_value"):
+            context = json_format.MessageToDict(request.context)
+        else:
+            raise InvalidRequest(
+                f"context must be a string, a list or an object, got {kind or 'nothing'}"
+            )
+    s = settings
+    if not 0 <= request.max_iterations <= s.max_iterations_limit:
+        raise InvalidRequest(
+            f"max_iterations must be between 1 and {s.max_iterations_limit} (0 = default "
+            f"{s.default_max_iterations}), got {request.max_iterations}")
+    if not 0 <= request.max_depth <= s.max_depth_limit:
+        raise InvalidRequest(
+            f"max_depth must be between 1 and {s.max_depth_limit} (0 = default "
+            f"{s.default_max_depth}), got {request.max_depth}")
+    if request.max_llm_calls < 0:
+        raise InvalidRequest("max_llm_calls must be >= 0 (0 = no cap)")
+    if request.max_total_tokens < 0:
+        raise InvalidRequest("max_total_tokens must be >= 0 (0 = no cap)")
+    if not math.isfinite(request.max_cost_usd) or request.max_cost_usd < 0:
+        raise InvalidRequest("max_cost_usd must be a finite number >= 0 (0 = no cap)")
+    if not math.isfinite(request.timeout_seconds) or not (
+            0 <= request.timeout_seconds <= s.max_timeout_seconds):
+        raise InvalidRequest(
+            f"timeout_seconds must be between 0 and {s.max_timeout_seconds:g} (0 = default "
+            f"{s.default_timeout_seconds:g})")
+    for name, value in (("root_model", request.root_model), ("sub_model", request.sub_model)):
+        if value and not _MODEL_NAME.match(value):
+            raise InvalidRequest(f"{name} {value[:40]!r} is not a valid model name")
+    timeout = request.timeout_seconds or s.default_timeout_seconds
+    if deadline_left is not None:
+        timeout = min(timeout, max(deadline_left, 0.001))
+    limits = Limits(
+        max_iterations=request.max_iterations or s.default_max_iterations,
+        max_depth=request.max_depth or s.default_max_depth,
+        max_llm_calls=request.max_llm_calls,
+        max_total_tokens=request.max_total_tokens,
+        max_cost_usd=request.max_cost_usd,
+        timeout_seconds=timeout,
+    )
+    return RunSpec(
+        request_id=uuid.uuid4().hex,
+        prompt=prompt,
+        context=context,
+        limits=limits,
+        root_model=request.root_model or s.default_model(s.rlm_backend, sub=False),
+        sub_model=request.sub_model or s.default_model(s.sub_backend, sub=True),
+        root_options=_check_options(request.root_options, "root_options"),
+        sub_options=_check_options(request.sub_options, "sub_options"),
+        stream_root_text=request.stream_root_text,
+    )
+
+
+class RLMServicer(rlm_pb2_grpc.RLMServiceServicer):
+    def __init__(self, engine: Engine, settings: Settings) -> None:
+        self.engine = engine
+        self.settings = settings
+        self.accepting = True
+        self._slots = asyncio.Semaphore(settings.max_concurrent_runs)
+
+    async def _spec(self, request: rlm_pb2.CompletionRequest, context: Context) -> RunSpec:
+        if not self.accepting:
+            await context.abort(grpc.StatusCode.UNAVAILABLE,
+                                "the server is shutting down; retry on another instance")
+        try:
+            return build_spec(request, self.settings, context.time_remaining())
+        except InvalidRequest as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            raise AssertionError("unreachable") from exc
+
+    async def _events(self, spec: RunSpec,
+                      context: Context) -> AsyncIterator[rlm_pb2.CompletionEvent]:
+        """Runs the request and yields its events; the last one is final_answer or error."""
+        queue: asyncio.Queue[rlm_pb2.CompletionEvent | None] = asyncio.Queue()
+        failure: list[RunFailed] = []
+
+        async def runner() -> None:
+            try:
+                final = await self.engine.run(spec, queue.put_nowait)
+                queue.put_nowait(rlm_pb2.CompletionEvent(final_answer=final))
+            except RunFailed as exc:
+                failure.append(exc)
+            except asyncio.CancelledError:
+                me = asyncio.current_task()
+                if me is not None and me.cancelling():
+                    raise
+                failure.append(RunFailed(grpc.StatusCode.UNAVAILABLE,
+                                         "the server is shutting down; the run was stopped"))
+            except Exception:
+                log.exception("run failed unexpectedly")
+                failure.append(RunFailed(grpc.StatusCode.INTERNAL,
+                                         "internal error; the run was stopped"))
+            finally:
+                if failure:
+                    queue.put_nowait(rlm_pb2.CompletionEvent(error=rlm_pb2.RunError(
+                        code=failure[0].code.name, message=failure[0].message)))
+                queue.put_nowait(None)
+
+        request_id_var.set(spec.request_id)
+        otel_ctx = extract_context(context.invocation_metadata())
+        with tracer().start_as_current_span("rlm.request", context=otel_ctx, attributes={
+            "rlm.request_id": spec.request_id,
+        }) as span:
+            async with self._slots:
+                task = asyncio.create_task(runner())
+                loop = asyncio.get_running_loop()
+                started = loop.time()
+                try:
+                    while True:
+                        try:
+                            event = await asyncio.wait_for(queue.get(),
+                                                           self.settings.heartbeat_seconds)
+                        except TimeoutError:
+                            yield rlm_pb2.CompletionEvent(heartbeat=rlm_pb2.Heartbeat(
+                                elapsed_seconds=loop.time() - started))
+                            continue
+                        if event is None:
+                            break
+                        yield event
+                except asyncio.CancelledError:
+                    log.info("client cancelled the run", extra={"request_id": spec.request_id})
+                    from opentelemetry.trace import Status, StatusCode
+
+                    span.set_status(Status(StatusCode.ERROR, "cancelled by client"))
+                    raise
+                finally:
+                    if not task.done():
+                        task.cancel()
+                    with contextlib.suppress(BaseException):
+                        await task
+                if failure:
+                    from opentelemetry.trace import Status, StatusCode
+
+                    span.set_status(Status(StatusCode.ERROR, failure[0].message))
+                    await context.abort(failure[0].code, failure[0].message)
+
+    async def StreamCompletion(self, request: rlm_pb2.CompletionRequest,
+                               context: Context) -> AsyncIterator[rlm_pb2.CompletionEvent]:
+        spec = await self._spec(request, context)
+        async for event in self._events(spec, context):
+            yield event
+
+    async def Complete(self, request: rlm_pb2.CompletionRequest,
+                       context: Context) -> rlm_pb2.CompletionResponse:
+        spec = await self._spec(request, context)
+        final = None
+        async for event in self._events(spec, context):
+            if event.HasField("final_answer"):
+                final = event.final_answer
+        if final is None:
+            await context.abort(grpc.StatusCode.INTERNAL, "the run ended without an answer")
+            raise AssertionError("unreachable")
+        return rlm_pb2.CompletionResponse(answer=final.answer, final=final)
