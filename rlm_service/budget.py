@@ -5,11 +5,12 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TypeAlias
 
 from rlm_service._gen.rlm.v1 import rlm_pb2
 from rlm_service.models import TokenUsage
 
-StopReason = rlm_pb2.StopReason.ValueType
+StopReason: TypeAlias = rlm_pb2.StopReason.ValueType
 
 LIMIT_NAMES: dict[StopReason, str] = {
     rlm_pb2.STOP_REASON_MAX_ITERATIONS: "max_iterations",

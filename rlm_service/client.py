@@ -81,7 +81,7 @@ class AsyncRLMClient:
         return response
 
     async def close(self) -> None:
-        await self._channel.close()
+        await self._channel.close(None)
 
     async def __aenter__(self) -> AsyncRLMClient:
         return self

@@ -71,7 +71,6 @@ class Settings(BaseSettings):
     child_run_concurrency: int = Field(4, ge=1)
     max_batch_prompts: int = Field(5000, ge=1)
     max_prompt_chars: int = Field(1_000_000, ge=1)
-    log_prompts: bool = False
 
     # --- sandbox ------------------------------------------------------------
     # Comma-separated sandbox layers the service may run without, or "all".

@@ -45,7 +45,7 @@ class Server:
         self._metrics: metrics.MetricsServer | None = None
         self._runtime_dir: Path | None = None
         self._owns_runtime_dir = False
-        self.health = health.aio.HealthServicer()
+        self.health = health.aio.HealthServicer()  # type: ignore[attr-defined]
         self.engine: Engine | None = None
         self.servicer: RLMServicer | None = None
         self.sandbox: Sandbox | None = None
@@ -96,7 +96,7 @@ class Server:
             raise RuntimeError(f"could not listen on {s.host}:{s.port}")
         await self._grpc.start()
         if s.metrics_port >= 0:
-            self._metrics = metrics.start_metrics_server("0.0.0.0", s.metrics_port)
+            self._metrics = metrics.start_metrics_server(s.metrics_host, s.metrics_port)
             self.metrics_port = self._metrics.port
         for name in ("", SERVICE_NAME):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -125,7 +125,7 @@ class Server:
         if self.servicer is not None:
             self.servicer.accepting = False
         deadline = time.monotonic() + grace
-        while self.engine is not None and self.engine.active and time.monotonic() < deadline:
+        while self.engine is not None and self.engine.active and time.monotonic() < deadline:  # noqa: ASYNC110
             await asyncio.sleep(0.05)
         if self.engine is not None and self.engine.active:
             log.warning("ending %d runs at shutdown", len(self.engine.active))

@@ -218,8 +218,9 @@ class Sandbox:
         probe_dir.mkdir(mode=0o755, exist_ok=True)
         launch = self.launch(probe_dir, 0, self.next_uid())
         # Replace the guest entry point with an import check.
-        argv = launch.argv[: launch.argv.index("-m")] + [
-            "-c", "import grpc, rlm_service.repl_guest.protocol, os; print(os.getuid())"
+        argv = [
+            *launch.argv[: launch.argv.index("-m")],
+            "-c", "import grpc, rlm_service.repl_guest.protocol, os; print(os.getuid())",
         ]
         kwargs = {k: v for k, v in launch.popen_kwargs.items() if k != "pass_fds"}
         try:

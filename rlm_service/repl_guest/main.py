@@ -218,9 +218,11 @@ class Guest:
         name = f"<block {self._block_no}>"
         tree = ast.parse(code, filename=name, mode="exec")
         last = None
-        if tree.body and isinstance(tree.body[-1], ast.Expr):
+        tail = tree.body[-1] if tree.body else None
+        if isinstance(tail, ast.Expr):
             # Like a notebook: a trailing expression's value is shown.
-            last = ast.Expression(tree.body.pop().value)
+            tree.body.pop()
+            last = ast.Expression(tail.value)
         exec(compile(tree, name, "exec"), self.ns)
         if last is not None:
             value = eval(compile(last, name, "eval"), self.ns)

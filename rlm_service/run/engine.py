@@ -17,8 +17,14 @@ import grpc
 from rlm_service._gen.rlm.v1 import rlm_pb2
 from rlm_service.budget import Ledger, LimitExceeded, Limits, usage_proto
 from rlm_service.config import Settings
-from rlm_service.models import GenerateOptions, Message, ModelBackend, ModelError, ModelReply
-from rlm_service.models import catalog
+from rlm_service.models import (
+    GenerateOptions,
+    Message,
+    ModelBackend,
+    ModelError,
+    ModelReply,
+    catalog,
+)
 from rlm_service.repl import ReplPool, ReplProcess
 from rlm_service.run import parsing, prompts
 from rlm_service.telemetry import metrics

@@ -51,9 +51,11 @@ CLIENT_STREAM: Final = "CLIENT_STREAM"
 SERVER_STREAM: Final = "SERVER_STREAM"
 BIDI_STREAM: Final = "BIDI_STREAM"
 
-# A deadline fires when the remaining time reaches zero; allow for the gap
-# between core's timer and the realtime clock time_remaining() reads.
-_DEADLINE_SLACK_SECONDS: Final = 0.05
+# The client's deadline-triggered cancel and the server's own deadline timer
+# arrive within network jitter of each other (the server's deadline is the
+# client's shifted by the one-way latency), so "cancelled with almost no time
+# left" is a deadline, not a client cancel.
+_DEADLINE_SLACK_SECONDS: Final = 0.1
 
 # Codes that are the client's doing or normal flow; the span is not marked as
 # an error for these (OpenTelemetry semantic conventions for gRPC servers
@@ -87,6 +89,7 @@ else:  # the runtime classes are not subscriptable
 
 # grpc.aio.EOF is missing from grpc-stubs.
 _EOF: object = grpc.aio.EOF  # type: ignore[attr-defined]
+_AbortError = grpc.aio.AbortError
 
 
 def split_method(full_method: str) -> tuple[str, str]:
@@ -158,7 +161,10 @@ class _Rpc:
         self.span = None
         span.set_attribute("rpc.grpc.status_code", int(code.value[0]))
         if code in _SERVER_ERROR_CODES:
-            if exc is not None and not isinstance(exc, (asyncio.CancelledError, GeneratorExit)):
+            # AbortError carries no information beyond the code already set.
+            if exc is not None and not isinstance(
+                exc, (asyncio.CancelledError, GeneratorExit, _AbortError)
+            ):
                 span.record_exception(exc)
             span.set_status(Status(StatusCode.ERROR, code.name))
         if self._token is not None:
@@ -187,7 +193,7 @@ def _code_after_exception(context: Any, exc: BaseException) -> grpc.StatusCode:
 def _safe_code(context: Any) -> object:
     try:
         return context.code()
-    except Exception:  # older grpc without ServicerContext.code()
+    except Exception:  # no code() in this grpc version
         return None
 
 
@@ -222,6 +228,32 @@ class _CountingContext:
         if message is not _EOF:
             self._rpc.received()
         return message
+
+
+class _SyncContext:
+    """Wraps the sync-handler context, which lacks ``code()``, to remember the code."""
+
+    def __init__(self, context: Any) -> None:
+        self._context = context
+        self._code: object = None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._context, name)
+
+    def code(self) -> object:
+        return self._code
+
+    def set_code(self, code: Any) -> None:
+        self._code = code
+        self._context.set_code(code)
+
+    def abort(self, code: Any, details: str = "", *args: Any) -> None:
+        self._code = code
+        self._context.abort(code, details, *args)
+
+    def abort_with_status(self, status: Any) -> None:
+        self._code = status.code
+        self._context.abort_with_status(status)
 
 
 async def _count_async_requests(requests: Any, rpc: _Rpc) -> AsyncIterator[Any]:
@@ -343,7 +375,8 @@ class MetricsInterceptor(_InterceptorBase):
 
         # Sync handlers run in the server's thread pool with a sync context;
         # keep the wrapper sync so they are not moved onto the event loop.
-        def unary_response_sync(request: Any, context: Any) -> Any:
+        def unary_response_sync(request: Any, raw_context: Any) -> Any:
+            context = _SyncContext(raw_context)
             rpc = start(grpc_type, service, method, metadata, make_current=True)
             if request_streaming:
                 request = _count_sync_requests(request, rpc)
@@ -399,7 +432,8 @@ class MetricsInterceptor(_InterceptorBase):
 
             return stream_response
 
-        def stream_response_sync(request: Any, context: Any) -> Iterator[Any]:
+        def stream_response_sync(request: Any, raw_context: Any) -> Iterator[Any]:
+            context = _SyncContext(raw_context)
             rpc = start(grpc_type, service, method, metadata, make_current=False)
             if request_streaming:
                 request = _count_sync_requests(request, rpc)

@@ -99,6 +99,13 @@ def _handlers(state: ProbeState) -> grpc.GenericRpcHandler:
     def sync_unary(request: bytes, context: grpc.ServicerContext) -> bytes:
         return request
 
+    def sync_set_code(request: bytes, context: grpc.ServicerContext) -> bytes:
+        context.set_code(grpc.StatusCode.FAILED_PRECONDITION)
+        return b""
+
+    def sync_abort(request: bytes, context: grpc.ServicerContext) -> bytes:
+        context.abort(grpc.StatusCode.OUT_OF_RANGE, "too far")
+
     def sync_stream(request: bytes, context: grpc.ServicerContext) -> Iterator[bytes]:
         yield b"a"
         yield b"b"
@@ -118,6 +125,8 @@ def _handlers(state: ProbeState) -> grpc.GenericRpcHandler:
             "ClientStream": grpc.stream_unary_rpc_method_handler(client_stream),
             "Bidi": grpc.stream_stream_rpc_method_handler(bidi),
             "SyncUnary": grpc.unary_unary_rpc_method_handler(sync_unary),
+            "SyncSetCode": grpc.unary_unary_rpc_method_handler(sync_set_code),
+            "SyncAbort": grpc.unary_unary_rpc_method_handler(sync_abort),
             "SyncStream": grpc.unary_stream_rpc_method_handler(sync_stream),
         },
     )
@@ -342,6 +351,26 @@ async def test_sync_handlers(server: Server) -> None:
         "sent": 1,
         "observed": 1,
         "OK": 1,
+    }
+    snap = Snapshot("SyncSetCode", "UNARY")
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await server.unary("SyncSetCode")(b"")
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert await snap.settled() == {
+        "started": 1,
+        "received": 1,
+        "observed": 1,
+        "FAILED_PRECONDITION": 1,
+    }
+    snap = Snapshot("SyncAbort", "UNARY")
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await server.unary("SyncAbort")(b"")
+    assert err.value.code() == grpc.StatusCode.OUT_OF_RANGE
+    assert await snap.settled() == {
+        "started": 1,
+        "received": 1,
+        "observed": 1,
+        "OUT_OF_RANGE": 1,
     }
     snap = Snapshot("SyncStream", "SERVER_STREAM")
     assert [m async for m in server.stream("SyncStream")(b"")] == [b"a", b"b"]
