@@ -20,7 +20,7 @@ from rlm_service.config import Settings
 from rlm_service.models import GenerateOptions
 from rlm_service.run.engine import Engine, RunFailed, RunSpec
 from rlm_service.telemetry.logs import request_id_var
-from rlm_service.telemetry.tracing import extract_context, tracer
+from rlm_service.telemetry.tracing import tracer
 
 log = logging.getLogger(__name__)
 _MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/@-]{0,127}$")
@@ -156,8 +156,8 @@ class RLMServicer(rlm_pb2_grpc.RLMServiceServicer):
                 queue.put_nowait(None)
 
         request_id_var.set(spec.request_id)
-        otel_ctx = extract_context(context.invocation_metadata())
-        with tracer().start_as_current_span("rlm.request", context=otel_ctx, attributes={
+        # Nested under the interceptor's server span, which carries the caller's traceparent.
+        with tracer().start_as_current_span("rlm.request", attributes={
             "rlm.request_id": spec.request_id,
         }) as span:
             async with self._slots:

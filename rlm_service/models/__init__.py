@@ -1,4 +1,21 @@
-"""Model backends: the shared interface and the Gemini / OpenAI-compatible clients."""
+"""Model backends: the shared interface and the Gemini / OpenAI-compatible clients.
+
+Behaviour common to both backends (see ``_retry.py`` for the policy):
+
+* Retried: 429, 408/5xx, transport errors, dropped connections, malformed
+  responses, per-call timeouts, and empty answers (at most twice). Not retried:
+  other 4xx, safety stops, blocked prompts, MAX_TOKENS.
+* Final failures are ``ModelError`` with: RESOURCE_EXHAUSTED/rate_limited,
+  UNAVAILABLE/unavailable|malformed|empty, DEADLINE_EXCEEDED/timeout,
+  INVALID_ARGUMENT/bad_request|prompt_too_large, PERMISSION_DENIED/
+  permission_denied, NOT_FOUND/not_found, FAILED_PRECONDITION/safety|blocked|
+  max_tokens, INTERNAL/internal. ``usage`` adds up every billed attempt.
+* A streamed attempt that fails after some deltas were delivered is retried
+  from the start: ``on_retry`` firing is the caller's signal to drop the text
+  streamed so far.
+* ``max_concurrent_model_calls`` bounds attempts in flight per backend; the
+  wait for a slot counts against the deadline, not the per-call timeout.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +30,7 @@ from rlm_service.models._base import (
     RetryHook,
     TokenUsage,
 )
+from rlm_service.models.catalog import cost_usd, estimate_tokens, input_limit
 
 __all__ = [
     "DeltaHook",
@@ -25,6 +43,9 @@ __all__ = [
     "TokenUsage",
     "build_backend",
     "build_backends",
+    "cost_usd",
+    "estimate_tokens",
+    "input_limit",
 ]
 
 

@@ -176,8 +176,10 @@ class Sandbox:
                 "LANG": "C.UTF-8",
             }
             return Launch([*drop, self.python, *guest_args], env, {**kwargs, "cwd": run_dir})
-        argv = [*drop, self.bwrap, "--unshare-all", "--die-with-parent", "--new-session",
-                "--ro-bind", "/usr", "/usr"]
+        # --disable-userns: no nested user namespace (a fresh "root" with mount rights
+        # inside); it needs an explicit --unshare-user.
+        argv = [*drop, self.bwrap, "--unshare-all", "--unshare-user", "--disable-userns",
+                "--die-with-parent", "--new-session", "--ro-bind", "/usr", "/usr"]
         for name in ("bin", "lib", "lib64", "lib32", "sbin"):
             p = Path("/") / name
             if p.is_symlink():
@@ -187,14 +189,20 @@ class Sandbox:
         prefix = Path(self.python).resolve().parent.parent
         if not str(prefix).startswith("/usr"):
             argv += ["--ro-bind", str(prefix), str(prefix)]
+        tmp_bytes = self.settings.sandbox_tmp_mb * 1024 * 1024
         argv += [
             "--proc", "/proc",
             "--dev", "/dev",
-            "--size", str(self.settings.sandbox_tmp_mb * 1024 * 1024), "--tmpfs", "/tmp",
+            "--size", str(tmp_bytes), "--tmpfs", "/tmp",
+            "--size", str(tmp_bytes), "--tmpfs", "/dev/shm",
             "--ro-bind", str(self.site), GUEST_SITE,
             "--ro-bind", str(PACKAGE_DIR), f"{GUEST_PKG_ROOT}/{PACKAGE_DIR.name}",
             "--ro-bind", str(run_dir), GUEST_RUN_DIR,
             "--bind", str(self.callback_socket), GUEST_SOCKET,
+            # bwrap's own root and /dev are tmpfs with no size cap, writable by the
+            # sandbox uid: read-only, so /tmp and /dev/shm (capped) are the only space.
+            "--remount-ro", "/dev",
+            "--remount-ro", "/",
             "--chdir", "/tmp",
             "--clearenv",
             "--setenv", "PYTHONPATH", f"{GUEST_PKG_ROOT}:{GUEST_SITE}",

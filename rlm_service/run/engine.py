@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import secrets
 import time
@@ -215,6 +216,10 @@ class Request:
 
         def on_retry(attempt: int, delay: float, kind: str) -> None:
             metrics.rlm_model_retries.labels(model=model, reason=kind).inc()
+            # Also tells a client that streamed text of this call so far is void.
+            self.emit(rlm_pb2.CompletionEvent(notice=rlm_pb2.Notice(
+                kind="model_retry", depth=depth,
+                message=f"{model}: {kind}, retry {attempt} in {delay:.2f} s")))
 
         with tracer().start_as_current_span("rlm.model_call", attributes={
             "rlm.model": model, "rlm.depth": depth, "rlm.request_id": self.spec.request_id,
@@ -243,6 +248,14 @@ class Request:
                 metrics.rlm_tokens.labels(model=model, kind=kind).inc(n)
         if cost:
             metrics.rlm_cost_usd.labels(model=model).inc(cost)
+
+
+def _with_context(prompt: str, context: Any) -> str:
+    """An rlm_query prompt with its context appended, for a plain model call."""
+    if context is None:
+        return prompt
+    text = context if isinstance(context, str) else json.dumps(context, ensure_ascii=False)
+    return f"{prompt}\n\nContext:\n{text}"
 
 
 def _error_status(message: str) -> Any:
@@ -361,6 +374,7 @@ class RLMRun:
                 self._event(root_text_delta=rlm_pb2.RootTextDelta(
                     iteration=iteration, text=text, depth=self.depth, call_id=self.call_id))
 
+        self._fit_history(model, messages)
         started = time.monotonic()
         try:
             reply = await self.req.call_model(sub=self.depth > 0, model=model, messages=messages,
@@ -374,6 +388,30 @@ class RLMRun:
             latency_seconds=time.monotonic() - started, depth=self.depth, call_id=self.call_id,
         ))
         return reply
+
+    def _fit_history(self, model: str, messages: list[Message]) -> None:
+        """Keeps the root history under the model's input limit by replacing the
+        oldest REPL outputs with a stub. The first message (the task) stays whole."""
+        budget = int(catalog.input_limit(model) * 0.9) - catalog.estimate_tokens(
+            prompts.SYSTEM_PROMPT)
+        sizes = [catalog.estimate_tokens(m.text) for m in messages]
+        total = sum(sizes)
+        trimmed = 0
+        for i in range(1, len(messages) - 1):
+            if total <= budget:
+                break
+            m = messages[i]
+            if m.role != "user" or m.text == prompts.TRIMMED:
+                continue
+            messages[i] = Message("user", prompts.TRIMMED)
+            new = catalog.estimate_tokens(prompts.TRIMMED)
+            total += new - sizes[i]
+            sizes[i] = new
+            trimmed += 1
+        if trimmed:
+            self._event(notice=rlm_pb2.Notice(
+                kind="history_trimmed", depth=self.depth, call_id=self.call_id,
+                message=f"replaced {trimmed} old REPL outputs to fit {model}'s input limit"))
 
     async def _final_from_text(self, text: str) -> str | None:
         tag = parsing.final_tag(text)
@@ -457,8 +495,11 @@ class RLMRun:
                         result = await child.run()
                 text = result.answer
             else:
+                # A fallen-back rlm_query still owes the model its context.
+                llm_prompt = (_with_context(prompt, context) if fell_back and has_context
+                              else prompt)
                 async with self.req.run_limiter:
-                    text, usage, error = await self._llm(prompt, model, child_depth)
+                    text, usage, error = await self._llm(llm_prompt, model, child_depth)
         except RunFailed as exc:
             text, error = f"Error: the sub-RLM failed: {exc.message}", True
         except LimitExceeded as exc:

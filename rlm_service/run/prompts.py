@@ -126,3 +126,5 @@ FORCE_ANSWER = (
     "You have used all your turns. Give your best final answer now, in a line "
     "starting with FINAL(...), without writing more code."
 )
+
+TRIMMED = "[This REPL output was removed to keep the conversation within the model's input limit.]"

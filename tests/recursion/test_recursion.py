@@ -7,7 +7,7 @@ import json
 
 from rlm_service._gen.rlm.v1 import rlm_pb2
 from tests.conftest import collect, final_of, of_kind, repl
-from tests.fakes.gemini import Fault, FakeGemini
+from tests.fakes.gemini import FakeGemini, Fault
 from tests.recursion import open_stub
 
 RLM = rlm_pb2.SUB_CALL_KIND_RLM
@@ -121,3 +121,44 @@ async def test_rlm_query_batched_children_run_in_parallel_bounded(
     assert peak == 2
     usage = {(u.model, u.depth): u.usage.calls for u in final.usage}
     assert usage == {("fake-root", 0): 1, ("fake-sub", 1): 3}
+
+
+async def test_fifty_prompt_batch_runs_concurrently_in_order(stub, fake_gemini: FakeGemini) -> None:
+    fake_gemini.sub_answer = lambda prompt: f"ans-{prompt.split()[-1]}"
+    fake_gemini.model_latency["fake-sub"] = 0.2
+    # Fails the first sub-call to reach the fake, whichever slot that is; 400 is not retried.
+    fake_gemini.inject(Fault.BAD_REQUEST_400, model="fake-sub")
+    fake_gemini.script("MARK-FIFTY", [repl(
+        "import json\n"
+        "out = llm_query_batched([f'question number {i}' for i in range(50)])\n"
+        "print(json.dumps(out))"), "FINAL(done)"])
+    events = await collect(stub, "MARK-FIFTY go", "ctx")
+    assert final_of(events).answer == "done"
+    (block,) = of_kind(events, "code_block")
+    assert not block.error, block.stderr
+    out = json.loads(block.stdout)
+    assert len(out) == 50
+    failed = [i for i, text in enumerate(out) if text.startswith("Error:")]
+    assert len(failed) == 1, out
+    assert all(out[i] == f"ans-{i}" for i in range(50) if i not in failed)
+    # 50 x 200 ms one by one would be 10 s; batch_concurrency=16 makes 4 waves (0.8 s).
+    assert block.duration_seconds < 2.5, block.duration_seconds
+    assert fake_gemini.max_in_flight <= 16
+    finished = of_kind(events, "sub_call_finished")
+    assert len(finished) == 50 and sum(f.error for f in finished) == 1
+
+
+async def test_process_wide_model_limiter_holds_across_runs(start_server,
+                                                           fake_gemini: FakeGemini) -> None:
+    server = await start_server(max_concurrent_model_calls=5, sandbox_pool_size=3)
+    fake_gemini.model_latency["fake-sub"] = 0.15
+    fake_gemini.script("MARK-LIMIT", [repl(
+        "out = llm_query_batched([f'p{i}' for i in range(20)])\n"
+        "FINAL(str(sum(not o.startswith('Error') for o in out)))")])
+    fake_gemini.reset_stats()
+    async with open_stub(server) as stub:
+        runs = await asyncio.gather(*(collect(stub, f"MARK-LIMIT run {n}", "ctx")
+                                      for n in range(3)))
+    assert [final_of(events).answer for events in runs] == ["20", "20", "20"]
+    assert len(fake_gemini.calls_for("fake-sub")) == 60
+    assert fake_gemini.max_in_flight == 5

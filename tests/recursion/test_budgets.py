@@ -1,0 +1,97 @@
+"""Every budget stops a run at its limit with a forced, partial final answer."""
+
+from __future__ import annotations
+
+import time
+
+from rlm_service._gen.rlm.v1 import rlm_pb2
+from rlm_service.client import make_request
+from tests.conftest import collect, final_of, of_kind, repl
+from tests.fakes.gemini import FakeGemini
+
+# Turn 1 records a partial answer; turn 2 would go on forever.
+SET_PARTIAL = repl("answer['content'] = 'partial so far'")
+
+
+def total_tokens(usage: rlm_pb2.Usage) -> int:
+    return usage.prompt_tokens + usage.output_tokens + usage.thinking_tokens
+
+
+def assert_stopped(events: list[rlm_pb2.CompletionEvent],
+                   reason: rlm_pb2.StopReason.ValueType) -> rlm_pb2.FinalAnswer:
+    final = final_of(events)
+    assert final.stop_reason == reason, final
+    assert final.forced and final.answer == "partial so far"
+    assert final.iterations == 2
+    # The usage so far is reported, per model and depth and in total.
+    assert final.total_usage.calls == sum(u.usage.calls for u in final.usage) > 0
+    return final
+
+
+async def test_max_llm_calls_is_never_exceeded(stub, fake_gemini: FakeGemini) -> None:
+    fake_gemini.model_latency["fake-sub"] = 0.05
+    fake_gemini.script("MARK-CALLS", [SET_PARTIAL, repl(
+        "while True:\n    llm_query_batched(['more'] * 8)")])
+    events = await collect(stub, "MARK-CALLS go", "ctx", max_llm_calls=12)
+    final = assert_stopped(events, rlm_pb2.STOP_REASON_MAX_LLM_CALLS)
+    # The cap is checked before a call starts: the fake never sees call 13.
+    assert len(fake_gemini.requests) == 12 == final.total_usage.calls
+    assert len(fake_gemini.calls_for("fake-root")) == 2
+    assert fake_gemini.wait_idle(1.0)
+
+
+async def test_max_total_tokens_counts_thinking(stub, fake_gemini: FakeGemini) -> None:
+    fake_gemini.thinking_tokens = 4000
+    fake_gemini.script("MARK-TOKENS", [SET_PARTIAL, repl(
+        "for i in range(40):\n    llm_query(f'tiny {i}')\nFINAL('not stopped')")])
+    limit = 20_000
+    events = await collect(stub, "MARK-TOKENS go", "ctx", max_total_tokens=limit)
+    final = assert_stopped(events, rlm_pb2.STOP_REASON_MAX_TOTAL_TOKENS)
+    usage = final.total_usage
+    assert usage.thinking_tokens == 4000 * usage.calls
+    # Without thinking tokens the run would be far below the limit.
+    assert usage.prompt_tokens + usage.output_tokens < limit // 4
+    # Sub-calls run one at a time here, so the overshoot is at most the last call.
+    assert limit <= total_tokens(usage) < limit + 4000 + 200
+    assert len(fake_gemini.requests) == usage.calls
+
+
+async def test_max_cost_usd_with_a_priced_model(stub, fake_gemini: FakeGemini) -> None:
+    # gemini-2.5-flash bills output and thinking at $2.50 per 1M tokens: $0.25 per call here.
+    fake_gemini.thinking_tokens = 100_000
+    fake_gemini.script("MARK-COST", [SET_PARTIAL, repl(
+        "for i in range(40):\n    llm_query(f'tiny {i}')\nFINAL('not stopped')")])
+    events = await collect(stub, "MARK-COST go", "ctx", max_cost_usd=1.0,
+                           sub_model="gemini-2.5-flash")
+    final = assert_stopped(events, rlm_pb2.STOP_REASON_MAX_COST)
+    usage = {(u.model, u.depth): u.usage for u in final.usage}
+    sub = usage[("gemini-2.5-flash", 1)]
+    assert sub.calls == 4 and usage[("fake-root", 0)].cost_usd == 0
+    assert 1.0 <= final.total_usage.cost_usd < 1.0 + 0.26
+    finished = of_kind(events, "sub_call_finished")
+    assert finished[0].usage.cost_usd > 0.25
+    assert finished[-1].run_usage.cost_usd >= 1.0
+
+
+async def test_timeout_stops_a_busy_block(stub, fake_gemini: FakeGemini) -> None:
+    fake_gemini.script("MARK-SLOW", [SET_PARTIAL, repl(
+        "import time\nwhile True:\n    time.sleep(0.05)")])
+    started = time.monotonic()
+    events = await collect(stub, "MARK-SLOW go", "ctx", timeout_seconds=1.5)
+    elapsed = time.monotonic() - started
+    final = assert_stopped(events, rlm_pb2.STOP_REASON_TIMEOUT)
+    assert 1.5 <= final.duration_seconds < 2.5 and elapsed < 3.0
+    assert final.total_usage.calls == 2
+
+
+async def test_grpc_deadline_sooner_than_timeout_seconds(stub, fake_gemini: FakeGemini) -> None:
+    fake_gemini.script("MARK-DEADLINE", [SET_PARTIAL, repl(
+        "import time\nwhile True:\n    time.sleep(0.05)")])
+    started = time.monotonic()
+    call = stub.StreamCompletion(make_request("MARK-DEADLINE go", "ctx", timeout_seconds=60),
+                                 timeout=2.0)
+    events = [e async for e in call]
+    elapsed = time.monotonic() - started
+    final = assert_stopped(events, rlm_pb2.STOP_REASON_TIMEOUT)
+    assert events[0].run_started.limits.timeout_seconds <= 2.0
+    assert elapsed < 2.0
