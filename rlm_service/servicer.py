@@ -176,7 +176,9 @@ class RLMServicer(rlm_pb2_grpc.RLMServiceServicer):
                         if event is None:
                             break
                         yield event
-                except asyncio.CancelledError:
+                except (asyncio.CancelledError, GeneratorExit):
+                    # GeneratorExit: the interceptor closes this generator when the cancel
+                    # lands while it is writing an event, outside the generator.
                     log.info("client cancelled the run", extra={"request_id": spec.request_id})
                     from opentelemetry.trace import Status, StatusCode
 
@@ -191,7 +193,10 @@ class RLMServicer(rlm_pb2_grpc.RLMServiceServicer):
                     from opentelemetry.trace import Status, StatusCode
 
                     span.set_status(Status(StatusCode.ERROR, failure[0].message))
-                    await context.abort(failure[0].code, failure[0].message)
+        if failure:
+            # Outside the span: abort() raises AbortError, which the span would otherwise
+            # record, overwriting the run's error with "AbortError: Locally aborted.".
+            await context.abort(failure[0].code, failure[0].message)
 
     async def StreamCompletion(self, request: rlm_pb2.CompletionRequest,
                                context: Context) -> AsyncIterator[rlm_pb2.CompletionEvent]:

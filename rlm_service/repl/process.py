@@ -134,7 +134,8 @@ class ReplProcess:
             header = await self._reader.readexactly(protocol.HEADER.size)
             body = await self._reader.readexactly(protocol.decode_length(header))
             return protocol.decode_body(body)
-        except (asyncio.IncompleteReadError, ConnectionError, ValueError) as exc:
+        except (asyncio.IncompleteReadError, ConnectionError, ValueError, RecursionError) as exc:
+            # RecursionError: a deeply nested JSON frame forged by the model's code.
             raise ReplError(await self._death_note()) from exc
 
     async def _request(self, message: dict[str, Any], timeout: float | None) -> dict[str, Any]:
@@ -208,6 +209,16 @@ class ReplProcess:
                               crashed=True, duration=time.monotonic() - started)
         # Output written straight to fds 1/2 (os.write, child processes) comes via the pipes.
         await asyncio.sleep(0)
+        try:
+            return self._result(reply, started)
+        except (TypeError, ValueError, AttributeError) as exc:
+            # The model's code wrote its own frame on the control channel.
+            await self.close()
+            return ExecResult(stderr=f"the REPL broke the control protocol ({exc}); the REPL "
+                                     "process was killed.", error=True, crashed=True,
+                              duration=time.monotonic() - started)
+
+    def _result(self, reply: dict[str, Any], started: float) -> ExecResult:
         fd_out, out_dropped = self._out.take()
         fd_err, err_dropped = self._err.take()
         limit = self.sandbox.settings.max_output_chars

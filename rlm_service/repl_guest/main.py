@@ -351,6 +351,10 @@ def main() -> None:
     os.dup2(devnull, 0)
     os.close(devnull)
     ctrl = socket.socket(fileno=args.ctrl_fd)
+    # gRPC's fork handlers restart its threads in every forked child and abort when
+    # pthread_create fails: a fork bomb would hang the block instead of meeting
+    # RLIMIT_NPROC. A forked child cannot use the parent's channel either way.
+    os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "0")
     import grpc  # noqa: F401  (imported before ready so a run never pays for it)
 
     from rlm_service._gen.rlm.internal.v1 import llm_query_pb2_grpc  # noqa: F401

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import json
 import logging
 import secrets
@@ -24,6 +25,7 @@ from rlm_service.models import (
     ModelBackend,
     ModelError,
     ModelReply,
+    TokenUsage,
     catalog,
 )
 from rlm_service.repl import ReplPool, ReplProcess
@@ -145,7 +147,11 @@ class Request:
         self.spec = spec
         self.emit = emit
         self.started = time.monotonic()
-        self.deadline = self.started + spec.limits.timeout_seconds
+        # Stop a little before the limit, so the final answer still reaches a
+        # client whose gRPC deadline set the limit (it expires at the same time).
+        timeout = spec.limits.timeout_seconds
+        self.stop_after = max(0.0, timeout - min(0.5, 0.1 * timeout))
+        self.deadline = self.started + self.stop_after
         self.ledger = Ledger(spec.limits, catalog.cost_usd, on_exceeded=self._on_exceeded)
         self.run_limiter = asyncio.Semaphore(self.settings.batch_concurrency)
         self._child_limiters: dict[int, asyncio.Semaphore] = {}
@@ -172,7 +178,7 @@ class Request:
                       context=spec.context)
         self.task = asyncio.create_task(root.run())
         timer = asyncio.get_running_loop().call_later(
-            spec.limits.timeout_seconds, self.ledger.trip_timeout
+            self.stop_after, self.ledger.trip_timeout
         )
         try:
             result = await self.task
@@ -213,6 +219,7 @@ class Request:
         backend = self.engine.backend_for(sub)
         started = time.monotonic()
         outcome = "error"
+        sent = False
 
         def on_retry(attempt: int, delay: float, kind: str) -> None:
             metrics.rlm_model_retries.labels(model=model, reason=kind).inc()
@@ -226,6 +233,7 @@ class Request:
         }) as span:
             try:
                 async with self.engine.model_limiter:
+                    sent = True
                     reply = await backend.generate(model, messages, options,
                                                    deadline=self.deadline, on_delta=on_delta,
                                                    on_retry=on_retry)
@@ -233,6 +241,12 @@ class Request:
             except ModelError as exc:
                 self._account(model, depth, exc.usage)
                 span.set_status(_error_status(exc.message))
+                raise
+            except asyncio.CancelledError:
+                if sent:
+                    # Stopped mid-call (a budget, a cancel): the provider has the
+                    # request, so it counts as a call; its tokens are unknown.
+                    self._account(model, depth, TokenUsage())
                 raise
             finally:
                 metrics.rlm_model_calls.labels(model=model, depth=str(depth), outcome=outcome).inc()
@@ -278,6 +292,7 @@ class RLMRun:
     repl: ReplProcess | None = None
     secret: str = ""
     _inflight: set[asyncio.Task[Any]] = field(default_factory=set)
+    _context: contextvars.Context = field(default_factory=contextvars.copy_context)
 
     @property
     def settings(self) -> Settings:
@@ -285,7 +300,9 @@ class RLMRun:
 
     async def spawn(self, coro: Coroutine[Any, Any, T]) -> T:
         """Runs a sub-call as a task of this run, so ending the run cancels it."""
-        task = asyncio.create_task(coro)
+        # Sub-calls arrive on the callback server's tasks; run them in this run's
+        # context so they join its trace and carry its request id in logs.
+        task = asyncio.create_task(coro, context=self._context.copy())
         self._inflight.add(task)
         task.add_done_callback(self._inflight.discard)
         return await task
@@ -294,6 +311,7 @@ class RLMRun:
         with tracer().start_as_current_span("rlm.run", attributes={
             "rlm.depth": self.depth, "rlm.request_id": self.req.spec.request_id,
         }):
+            self._context = contextvars.copy_context()
             try:
                 return await self._loop()
             finally:
@@ -432,6 +450,8 @@ class RLMRun:
             with tracer().start_as_current_span("rlm.repl_block", attributes={
                 "rlm.depth": self.depth, "rlm.iteration": self.iteration,
             }):
+                # Sub-calls this block makes hang under its span.
+                self._context = contextvars.copy_context()
                 result = await self.repl.execute(code, self.settings.sandbox_block_timeout_seconds)
             outcome = "timeout" if result.timed_out else "error" if result.error else "ok"
             metrics.rlm_repl_blocks.labels(outcome=outcome).inc()
