@@ -123,6 +123,7 @@ async def llm_query_overhead(fake: FakeGemini, calls: int) -> dict[str, Any]:
             reply = await stub.Complete(make_request(f"{marker} go", "ctx"))
             in_repl = [d * 1000 for d in json.loads(reply.answer.replace("'", '"'))]
             # The same model call, made directly with the service's own backend.
+            assert server.engine is not None
             backend = server.engine.backend_for(sub=True)
             direct: list[float] = []
             for i in range(calls + 1):
@@ -170,7 +171,7 @@ async def idle_repl_memory(fake: FakeGemini) -> dict[str, Any]:
         await wait_pool_full(server)
         await asyncio.sleep(1.0)
         assert server._pool is not None
-        samples = []
+        samples: list[dict[str, Any]] = []
         for r in server._pool._idle:
             guest = {"VmRSS": 0, "Pss": 0}
             bwrap = {"VmRSS": 0, "Pss": 0}
@@ -189,11 +190,9 @@ async def idle_repl_memory(fake: FakeGemini) -> dict[str, Any]:
                             "bwrap_pss_mb": bwrap["Pss"] / 1024, "processes": procs})
     finally:
         await server.stop(grace=0)
-    return {"repls": samples,
-            "guest_rss_mb": statistics.median(s["guest_rss_mb"] for s in samples),
-            "guest_pss_mb": statistics.median(s["guest_pss_mb"] for s in samples),
-            "bwrap_rss_mb": statistics.median(s["bwrap_rss_mb"] for s in samples),
-            "bwrap_pss_mb": statistics.median(s["bwrap_pss_mb"] for s in samples)}
+    keys = ("guest_rss_mb", "guest_pss_mb", "bwrap_rss_mb", "bwrap_pss_mb")
+    medians: dict[str, Any] = {k: statistics.median(float(s[k]) for s in samples) for k in keys}
+    return {"repls": samples, **medians}
 
 
 def machine() -> dict[str, Any]:

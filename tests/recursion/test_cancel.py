@@ -56,7 +56,9 @@ async def test_cancel_during_batch_stops_calls_and_repl(start_server,
         assert await wait_for(lambda: not [p for p in running if alive(p)],
                               1.0 - (time.monotonic() - t0)), [p for p in running if alive(p)]
     assert fake_gemini.disconnects == 30
-    assert server.engine is not None and not server.engine.active
+    engine = server.engine
+    assert engine is not None
+    assert await wait_for(lambda: not engine.active, 1.0)
 
 
 async def test_heartbeats_during_a_long_block(start_server, fake_gemini: FakeGemini) -> None:
