@@ -19,6 +19,8 @@ Behaviour common to both backends (see ``_retry.py`` for the policy):
 
 from __future__ import annotations
 
+import asyncio
+
 from rlm_service.config import BackendName, Settings
 from rlm_service.models._base import (
     DeltaHook,
@@ -49,15 +51,16 @@ __all__ = [
 ]
 
 
-def build_backend(name: BackendName, settings: Settings) -> ModelBackend:
+def build_backend(name: BackendName, settings: Settings,
+                  limiter: asyncio.Semaphore | None = None) -> ModelBackend:
     # Imported here so a deployment using one provider never loads the other SDK.
     if name == "gemini":
         from rlm_service.models.gemini import GeminiBackend
 
-        return GeminiBackend(settings)
+        return GeminiBackend(settings, limiter)
     from rlm_service.models.openai_compat import OpenAIBackend
 
-    return OpenAIBackend(settings)
+    return OpenAIBackend(settings, limiter)
 
 
 def build_backends(settings: Settings) -> dict[str, ModelBackend]:
@@ -71,10 +74,12 @@ def build_backends(settings: Settings) -> dict[str, ModelBackend]:
 
     catalog.configure(settings)
     backends: dict[str, ModelBackend] = {}
+    # One cap on model calls in flight for the whole process, whichever backend serves them.
+    limiter = asyncio.Semaphore(settings.max_concurrent_model_calls)
     for name in dict.fromkeys((settings.rlm_backend, settings.sub_backend)):
         if not settings.backend_configured(name):
             hint = ("GEMINI_API_KEY, GEMINI_BASE_URL or GOOGLE_GENAI_USE_VERTEXAI"
                     if name == "gemini" else "OPENAI_API_KEY or OPENAI_BASE_URL")
             raise ValueError(f"the {name} backend is needed but not configured: set {hint}")
-        backends[name] = build_backend(name, settings)
+        backends[name] = build_backend(name, settings, limiter)
     return backends

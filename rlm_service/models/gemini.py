@@ -54,10 +54,11 @@ class GeminiBackend:
 
     name = "gemini"
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, limiter: asyncio.Semaphore | None = None) -> None:
         self._policy = RetryPolicy.from_settings(settings)
         self._api_key = settings.gemini_api_key.get_secret_value() if settings.gemini_api_key else None
-        self._semaphore = asyncio.Semaphore(settings.max_concurrent_model_calls)
+        # Shared by every backend of the process (build_backends), so the cap is process-wide.
+        self._semaphore = limiter or asyncio.Semaphore(settings.max_concurrent_model_calls)
         # Our own httpx2 client pins the transport: left alone, the SDK switches
         # to aiohttp whenever that happens to be importable, which changes its
         # error types and timeout behaviour with the environment.
