@@ -250,12 +250,17 @@ class ReplProcess:
         if self.closed:
             return
         self.closed = True
-        with contextlib.suppress(ProcessLookupError, PermissionError):
+        if self.proc.returncode is None:
             # The session holds bwrap; killing it tears down the PID namespace,
             # which takes every process the model's code started with it.
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        with contextlib.suppress(ProcessLookupError):
-            self.proc.kill()
+            # Plain os.kill, not proc.kill(): Popen.send_signal polls first,
+            # reaping the child behind asyncio's child watcher, which then
+            # logs "Unknown child process" and loses the exit status.
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(self.proc.pid, signal.SIGKILL)
         self._writer.close()
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(self.proc.wait(), 5.0)

@@ -55,6 +55,7 @@ class Req:
     model_turns: int
     prompt_chars: int
     at: float = field(default_factory=time.monotonic)
+    body: dict[str, Any] = field(default_factory=dict, repr=False)
 
 
 @dataclass(frozen=True)
@@ -227,13 +228,16 @@ class FakeServer:
         with self._lock:
             return [r for r in self.requests if r.model == model]
 
-    def wait_idle(self, timeout: float = 5.0) -> bool:
-        """True once no request is being handled (server side)."""
+    async def wait_idle(self, timeout: float = 5.0) -> bool:
+        """True once no request is being handled (server side).
+
+        Async so the caller's loop keeps running while it waits: a client
+        transport closes its socket from that loop after a cancellation."""
         end = time.monotonic() + timeout
         while time.monotonic() < end:
             if self.in_flight == 0:
                 return True
-            time.sleep(0.01)
+            await asyncio.sleep(0.01)
         return self.in_flight == 0
 
     # -- helpers for subclasses -------------------------------------------------
@@ -305,7 +309,7 @@ class FakeServer:
         if hit.fault is Fault.DROP_CONNECTION:
             return self._drop(request)
         if hit.fault is Fault.MALFORMED_JSON:
-            return await self._malformed(request, stream=req.stream)
+            return await self._malformed(request, stream=req.stream, body=hit.params.get("body"))
         return None
 
     @staticmethod
@@ -321,14 +325,18 @@ class FakeServer:
     MALFORMED_BODY = b'{"candidates": [{"content": {"par'
     MALFORMED_SSE = b'data: {"candidates": [{"content": {"parts": [{"te\r\n\r\n'
 
-    async def _malformed(self, request: web.Request, *, stream: bool) -> web.StreamResponse:
+    async def _malformed(self, request: web.Request, *, stream: bool,
+                         body: bytes | None = None) -> web.StreamResponse:
+        """``body`` (plain replies only) replaces the truncated default, e.g.
+        with valid JSON of the wrong shape."""
         if stream:
             resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
             await resp.prepare(request)
             await resp.write(self.MALFORMED_SSE)
             await resp.write_eof()
             return resp
-        return web.Response(status=200, body=self.MALFORMED_BODY, content_type="application/json")
+        return web.Response(status=200, body=body or self.MALFORMED_BODY,
+                            content_type="application/json")
 
     async def _send_sse(self, request: web.Request, events: list[bytes]) -> web.StreamResponse:
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream",

@@ -123,6 +123,7 @@ class FakeGemini(FakeServer):
             stream=stream,
             model_turns=model_turns,
             prompt_chars=chars,
+            body=body,
         )
 
     # -- responses ---------------------------------------------------------------

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from rlm_service.models import ModelBackend, build_backend
+from rlm_service.models.gemini import GeminiBackend
 from tests.fakes import FakeGemini, FakeOpenAI, FakeServer
 from tests.models._support import GEMINI_KEY, OPENAI_KEY, Harness, make_settings
 
@@ -33,9 +34,12 @@ def fake_openai() -> Iterator[FakeOpenAI]:
         yield fake
 
 
-@pytest.fixture(params=["gemini", "openai"])
+# "gemini-typed" is the Gemini backend with its plain-call fast path off, so the
+# SDK's typed path (the fallback, and every streamed call) meets every case too.
+@pytest.fixture(params=["gemini", "gemini-typed", "openai"])
 async def harness(request: pytest.FixtureRequest) -> AsyncIterator[Harness]:
-    kind: str = request.param
+    variant: str = request.param
+    kind = "openai" if variant == "openai" else "gemini"
     fake: FakeServer = FakeGemini() if kind == "gemini" else FakeOpenAI()
     fake.start()
     opened: list[ModelBackend] = []
@@ -47,6 +51,8 @@ async def harness(request: pytest.FixtureRequest) -> AsyncIterator[Harness]:
         else:
             settings = make_settings(rlm_backend="openai", openai_api_key=OPENAI_KEY,
                                      openai_base_url=fake.base_url + "/v1", **overrides)
+        if variant == "gemini-typed":
+            return GeminiBackend(settings, typed_only=True)
         return build_backend("gemini" if kind == "gemini" else "openai", settings)
 
     try:

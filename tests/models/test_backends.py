@@ -251,7 +251,7 @@ async def test_hang_is_cut_by_the_per_call_timeout_and_retried(harness: Harness,
     assert 0.3 <= elapsed < 1.5
     assert len(harness.fake.requests) == 2
     # The abandoned attempt's connection was closed, so the server stopped handling it.
-    assert harness.fake.wait_idle(2.0)
+    assert await harness.fake.wait_idle(2.0)
 
 
 async def test_hang_every_time_ends_in_deadline_exceeded(harness: Harness) -> None:
@@ -263,7 +263,7 @@ async def test_hang_every_time_ends_in_deadline_exceeded(harness: Harness) -> No
     assert info.value.kind == "timeout"
     assert "0.2 s" in info.value.message
     assert len(harness.fake.requests) == 2
-    assert harness.fake.wait_idle(2.0)
+    assert await harness.fake.wait_idle(2.0)
 
 
 async def test_deadline_caps_retries(harness: Harness) -> None:
@@ -306,7 +306,7 @@ async def test_deadline_cuts_a_slow_attempt(harness: Harness) -> None:
     assert 0.25 <= time.monotonic() - started < 1.0
     assert info.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
     assert len(harness.fake.requests) == 1
-    assert harness.fake.wait_idle(2.0)
+    assert await harness.fake.wait_idle(2.0)
 
 
 async def test_passed_deadline_sends_nothing(harness: Harness) -> None:
@@ -335,7 +335,7 @@ async def test_cancellation_ends_the_call_at_the_server(harness: Harness, stream
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    assert await asyncio.to_thread(fake.wait_idle, 2.0)
+    assert await fake.wait_idle(2.0)
     assert fake.disconnects == 1
 
 

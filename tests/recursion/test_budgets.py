@@ -38,7 +38,7 @@ async def test_max_llm_calls_is_never_exceeded(stub, fake_gemini: FakeGemini) ->
     # calls in flight at the stop are cut off but still counted.
     assert len(fake_gemini.requests) == 12 == final.total_usage.calls
     assert len(fake_gemini.calls_for("fake-root")) == 2
-    assert fake_gemini.wait_idle(1.0)
+    assert await fake_gemini.wait_idle(1.0)
 
 
 async def test_max_total_tokens_counts_thinking(stub, fake_gemini: FakeGemini) -> None:
@@ -114,7 +114,7 @@ async def test_overshoot_is_at_most_the_calls_in_flight(stub, fake_gemini: FakeG
     # Calls still in flight at the stop (at most a batch) are cut off, not waited for.
     assert limit <= total_tokens(final.total_usage) < limit + 10 * per_call
     assert final.total_usage.calls == len(fake_gemini.requests)
-    assert fake_gemini.wait_idle(1.0)
+    assert await fake_gemini.wait_idle(1.0)
 
 
 async def test_budget_hit_inside_a_child_run_stops_the_request(stub,
