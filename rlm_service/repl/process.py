@@ -12,6 +12,7 @@ import shutil
 import signal
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -86,6 +87,8 @@ class ReplProcess:
         self._lock = asyncio.Lock()
         self.closed = False
         self.guest_pid = 0
+        # Called with ``answer["content"]`` whenever the running block changes it.
+        self.on_partial: Callable[[str], None] | None = None
 
     @classmethod
     async def start(cls, sandbox: Sandbox) -> ReplProcess:
@@ -146,7 +149,16 @@ class ReplProcess:
                 await self._send(message)
             except (ConnectionError, OSError) as exc:
                 raise ReplError(await self._death_note()) from exc
-            return await asyncio.wait_for(self._recv(), timeout)
+            return await asyncio.wait_for(self._reply(), timeout)
+
+    async def _reply(self) -> dict[str, Any]:
+        """The reply to the request just sent, taking in the guest's pushes on the way."""
+        while True:
+            message = await self._recv()
+            if message.get("push") != "partial":
+                return message
+            if self.on_partial is not None:
+                self.on_partial(str(message.get("content", "")))
 
     async def _death_note(self) -> str:
         with contextlib.suppress(asyncio.TimeoutError, ProcessLookupError):

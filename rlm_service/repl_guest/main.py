@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import contextlib
 import io
 import json
 import os
@@ -88,6 +89,28 @@ def _apply_limits(limits: dict[str, int]) -> None:
             resource.setrlimit(which, (value, value))
 
 
+PUSH_INTERVAL = 0.2
+
+
+class _Answer(dict[str, Any]):
+    """The REPL's ``answer`` dict; setting its content also pushes it to the service."""
+
+    def __init__(self, push: Any) -> None:
+        super().__init__(content="", ready=False)
+        self._push = push
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        super().__setitem__(key, value)
+        if key == "content":
+            self._push(value)
+
+    def update(self, *args: Any, **kwargs: Any) -> None:
+        changes = dict(*args, **kwargs)
+        super().update(changes)
+        if "content" in changes:
+            self._push(self["content"])
+
+
 class Guest:
     def __init__(self, ctrl: socket.socket, max_output: int) -> None:
         self._ctrl = ctrl
@@ -99,11 +122,24 @@ class Guest:
         self._final: str | None = None
         self._block_no = 0
         self._main_ident = threading.get_ident()
+        self._last_push = -PUSH_INTERVAL
         self.ns: dict[str, Any] = {"__name__": "__main__", "__builtins__": __builtins__}
 
     # --- control channel ------------------------------------------------------
     def send(self, message: dict[str, Any]) -> None:
         self._ctrl.sendall(protocol.encode(message))
+
+    def _push_partial(self, content: object) -> None:
+        """Tells the service about a new ``answer["content"]`` mid-block, so a
+        budget stop that kills the block still has it. At most one push per
+        PUSH_INTERVAL: a loop rewriting the answer must not flood the channel
+        (the block's reply always carries the latest value)."""
+        now = time.monotonic()
+        if now - self._last_push < PUSH_INTERVAL or threading.get_ident() != self._main_ident:
+            return
+        self._last_push = now
+        with contextlib.suppress(ValueError, OSError):
+            self.send({"push": "partial", "content": str(content)})
 
     def recv(self) -> dict[str, Any] | None:
         header = self._rfile.read(protocol.HEADER.size)
@@ -159,7 +195,7 @@ class Guest:
             SHOW_VARS=self.show_vars,
             FINAL=self.final,
             FINAL_VAR=self.final_var,
-            answer={"content": "", "ready": False},
+            answer=_Answer(self._push_partial),
         )
         return {"ok": True}
 

@@ -330,8 +330,15 @@ class RLMRun:
         if self.secret:
             self.req.engine.registry.unregister(self.secret)
         self.repl = await self.req.engine.pool.acquire()
+        if self.depth == 0:
+            # Pushed mid-block, so a budget stop that kills the block keeps it.
+            self.repl.on_partial = self._on_partial
         self.secret = self.req.engine.registry.register(self)
         await self.repl.load_context(self.context, self.secret)
+
+    def _on_partial(self, text: str) -> None:
+        if text:
+            self.req.partial_answer = text
 
     def _event(self, **kw: Any) -> None:
         self.req.emit(rlm_pb2.CompletionEvent(**kw))

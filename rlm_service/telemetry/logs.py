@@ -58,6 +58,7 @@ _NOISY_LOGGERS: Final = (
     "grpc",
     "httpx",
     "httpcore",
+    "aiohttp",
     "urllib3",
     "google_genai",
     "google.auth",

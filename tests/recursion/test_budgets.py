@@ -130,3 +130,22 @@ async def test_budget_hit_inside_a_child_run_stops_the_request(stub,
     assert depths == {0, 1, 2}
     # The child run was cut off too: no final answer came back from it.
     assert not any(f.depth == 1 and not f.error for f in of_kind(events, "sub_call_finished"))
+
+
+async def test_partial_answer_set_inside_the_stopped_block_is_kept(stub,
+                                                                   fake_gemini: FakeGemini) -> None:
+    # The answer changes mid-block and the block never ends: only the guest's
+    # pushes can carry it out before the budget stop kills the block.
+    fake_gemini.script("MARK-MIDBLOCK", [repl(
+        "import time\n"
+        "for step in range(3):\n"
+        "    answer['content'] = f'step {step} of 3'\n"
+        "    time.sleep(0.3)\n"
+        "answer.update(content='all steps done')\n"
+        "while True:\n"
+        "    time.sleep(0.05)")])
+    events = await collect(stub, "MARK-MIDBLOCK go", "ctx", timeout_seconds=2.5)
+    final = final_of(events)
+    assert final.stop_reason == rlm_pb2.STOP_REASON_TIMEOUT, final
+    assert final.forced and final.answer == "all steps done"
+    assert final.iterations == 1
