@@ -23,6 +23,7 @@ import asyncio
 
 from rlm_service.config import BackendName, Settings
 from rlm_service.models._base import (
+    AttemptHook,
     DeltaHook,
     GenerateOptions,
     Message,
@@ -35,6 +36,7 @@ from rlm_service.models._base import (
 from rlm_service.models.catalog import cost_usd, estimate_tokens, input_limit
 
 __all__ = [
+    "AttemptHook",
     "DeltaHook",
     "GenerateOptions",
     "Message",

@@ -67,6 +67,8 @@ class ModelError(Exception):
 RetryHook = Callable[[int, float, str], None]
 # Called with each text fragment as a streamed reply is generated.
 DeltaHook = Callable[[str], None]
+# Called as each attempt is admitted by the process-wide limiter and sent.
+AttemptHook = Callable[[], None]
 
 
 class ModelBackend(Protocol):
@@ -83,10 +85,13 @@ class ModelBackend(Protocol):
         deadline: float | None = None,
         on_delta: DeltaHook | None = None,
         on_retry: RetryHook | None = None,
+        on_attempt: AttemptHook | None = None,
     ) -> ModelReply:
         """One model call with retries. ``deadline`` is a ``time.monotonic()``
         value no retry or attempt may run past. ``on_delta`` set means stream the
-        reply. Raises ModelError on failure; cancellation propagates."""
+        reply. ``on_attempt`` tells the caller a request has really gone out
+        (waiting for the limiter does not count). Raises ModelError on failure;
+        cancellation propagates."""
         ...
 
     async def aclose(self) -> None: ...

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import grpc
 
 from rlm_service.config import Settings
-from rlm_service.models._base import ModelError, ModelReply, RetryHook, TokenUsage
+from rlm_service.models._base import AttemptHook, ModelError, ModelReply, RetryHook, TokenUsage
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +107,7 @@ async def run_with_retries(
     on_retry: RetryHook | None,
     what: str,
     limiter: asyncio.Semaphore | None = None,
+    on_attempt: AttemptHook | None = None,
     rng: random.Random | None = None,
 ) -> ModelReply:
     """Run ``attempt`` until it succeeds or the policy says stop.
@@ -134,6 +135,8 @@ async def run_with_retries(
                                  usage=spent, retries=retries)
             timeout = min(policy.attempt_timeout, remaining)
             cut_by_deadline = remaining <= policy.attempt_timeout
+            if on_attempt is not None:
+                on_attempt()
             async with asyncio.timeout(timeout):
                 reply = await attempt()
             return dataclasses.replace(reply, usage=add_usage(reply.usage, spent), retries=retries)

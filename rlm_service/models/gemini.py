@@ -35,6 +35,7 @@ from google.genai import errors as genai_errors
 
 from rlm_service.config import Settings, _vertex_configured
 from rlm_service.models._base import (
+    AttemptHook,
     DeltaHook,
     GenerateOptions,
     Message,
@@ -131,6 +132,7 @@ class GeminiBackend:
         deadline: float | None = None,
         on_delta: DeltaHook | None = None,
         on_retry: RetryHook | None = None,
+        on_attempt: AttemptHook | None = None,
     ) -> ModelReply:
         client = self._sdk()
         what = f"the Gemini model {model}"
@@ -184,7 +186,7 @@ class GeminiBackend:
         return await run_with_retries(
             attempt, policy=self._policy, classify=lambda e: self._classify(e, what),
             deadline=deadline, on_retry=on_retry, what=what,
-            limiter=self._semaphore)
+            limiter=self._semaphore, on_attempt=on_attempt)
 
     def _path_for(self, model: str) -> str:
         path = self._paths.get(model)

@@ -24,6 +24,7 @@ from openai.types.completion_usage import CompletionUsage
 
 from rlm_service.config import Settings
 from rlm_service.models._base import (
+    AttemptHook,
     DeltaHook,
     GenerateOptions,
     Message,
@@ -76,6 +77,7 @@ class OpenAIBackend:
         deadline: float | None = None,
         on_delta: DeltaHook | None = None,
         on_retry: RetryHook | None = None,
+        on_attempt: AttemptHook | None = None,
     ) -> ModelReply:
         wire: list[ChatCompletionMessageParam] = []
         if options.system_prompt:
@@ -109,7 +111,7 @@ class OpenAIBackend:
         return await run_with_retries(
             attempt, policy=self._policy, classify=lambda e: self._classify(e, what),
             deadline=deadline, on_retry=on_retry, what=what,
-            limiter=self._semaphore)
+            limiter=self._semaphore, on_attempt=on_attempt)
 
     async def aclose(self) -> None:
         await self._client.close()

@@ -104,7 +104,6 @@ class Engine:
         self.pool = pool
         self.registry = registry
         self.sandbox_layers = sandbox_layers
-        self.model_limiter = asyncio.Semaphore(settings.max_concurrent_model_calls)
         self.active: set[Request] = set()
 
     def backend_for(self, sub: bool) -> ModelBackend:
@@ -221,6 +220,10 @@ class Request:
         outcome = "error"
         sent = False
 
+        def on_attempt() -> None:
+            nonlocal sent
+            sent = True
+
         def on_retry(attempt: int, delay: float, kind: str) -> None:
             metrics.rlm_model_retries.labels(model=model, reason=kind).inc()
             # Also tells a client that streamed text of this call so far is void.
@@ -232,11 +235,11 @@ class Request:
             "rlm.model": model, "rlm.depth": depth, "rlm.request_id": self.spec.request_id,
         }) as span:
             try:
-                async with self.engine.model_limiter:
-                    sent = True
-                    reply = await backend.generate(model, messages, options,
-                                                   deadline=self.deadline, on_delta=on_delta,
-                                                   on_retry=on_retry)
+                # The backends' shared limiter caps model calls process-wide,
+                # per attempt, so a call sleeping before a retry holds no slot.
+                reply = await backend.generate(model, messages, options,
+                                               deadline=self.deadline, on_delta=on_delta,
+                                               on_retry=on_retry, on_attempt=on_attempt)
                 outcome = "ok"
             except ModelError as exc:
                 self._account(model, depth, exc.usage)

@@ -446,3 +446,13 @@ async def test_deadline_bounds_the_wait_for_a_call_slot(harness: Harness) -> Non
     assert "too many model calls" in info.value.message
     assert (await first).text
     assert len(harness.fake.requests) == 1
+
+
+async def test_on_attempt_fires_once_per_request_sent(harness: Harness) -> None:
+    harness.fake.inject(Fault.SERVER_ERROR_500, count=2)
+    attempts: list[int] = []
+    reply = await harness.backend().generate(
+        "m", USER, GenerateOptions(), on_attempt=lambda: attempts.append(len(harness.fake.requests)))
+    assert reply.retries == 2
+    # Each call comes just before its request reaches the fake.
+    assert attempts == [0, 1, 2] and len(harness.fake.requests) == 3
