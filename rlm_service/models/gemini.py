@@ -69,8 +69,8 @@ _SERVER_MESSAGE_LIMIT = 300
 
 class GeminiBackend:
     """One ``genai.Client`` (over one aiohttp session) shared by every call made
-    through this backend. Both are created on first use, inside the event loop
-    that will run every call."""
+    through this backend. Both belong to the event loop that runs the calls:
+    they are built at construction when a loop is running, else on first use."""
 
     name = "gemini"
 
@@ -91,6 +91,13 @@ class GeminiBackend:
         self._client: genai.Client | None = None
         self._raw_api: Any = None
         self._paths: dict[str, str] = {}
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        # Building the SDK client loads CA certificates (about 0.2 s); inside a
+        # loop (the server's start-up) do it now, not in the first request.
+        self._sdk()
 
     def _sdk(self) -> genai.Client:
         if self._client is not None:

@@ -22,6 +22,8 @@ from rlm_service.repl_guest import protocol
 
 log = logging.getLogger(__name__)
 
+# Half the guest's PUSH_INTERVAL: the fastest answer updates the host accepts.
+MIN_PUSH_INTERVAL = 0.1
 # How long past its own limit a block may take before the process is killed:
 # the guest interrupts the block itself first, this catches code that ignores it.
 HARD_KILL_GRACE = 2.0
@@ -152,11 +154,20 @@ class ReplProcess:
             return await asyncio.wait_for(self._reply(), timeout)
 
     async def _reply(self) -> dict[str, Any]:
-        """The reply to the request just sent, taking in the guest's pushes on the way."""
+        """The reply to the request just sent, taking in the guest's pushes on the way.
+
+        The guest pushes at most every 0.2 s; twice that rate is allowed, so
+        code that forges pushes cannot keep the service decoding frames."""
+        started = time.monotonic()
+        pushes = 0
         while True:
             message = await self._recv()
             if message.get("push") != "partial":
                 return message
+            pushes += 1
+            if pushes > 1 + (time.monotonic() - started) / MIN_PUSH_INTERVAL:
+                raise ReplError("the REPL sent answer updates faster than its guest ever "
+                                "does (forged control frames)")
             if self.on_partial is not None:
                 self.on_partial(str(message.get("content", "")))
 

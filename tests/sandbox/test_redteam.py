@@ -509,6 +509,22 @@ os.write(ctrl, struct.pack('>I', len(body)) + body)
     await assert_healthy(srv, stub, fake)
 
 
+async def test_forged_answer_pushes_cannot_flood_the_service(srv, stub, fake) -> None:
+    events = await attack(stub, fake, CTRL + """
+import os, struct, json
+body = json.dumps({"push": "partial", "content": "x" * 100_000}).encode()
+frame = struct.pack('>I', len(body)) + body
+while True:
+    os.write(ctrl, frame)
+""")
+    # The host stops reading after a few pushes: the REPL is dropped well
+    # before the block timeout, and the run goes on with a fresh one.
+    assert_restarted(events)
+    assert block(events).duration_seconds < BLOCK_TIMEOUT
+    assert "answer updates" in block(events).stderr
+    await assert_healthy(srv, stub, fake)
+
+
 # --- ways to die ------------------------------------------------------------------
 @pytest.mark.parametrize("death", [
     "import os\nos._exit(3)",
