@@ -42,7 +42,11 @@ Give the final answer only when you are sure, in one of these ways:
 2. in code: answer["content"] = ...; answer["ready"] = True;
 3. in a turn with no code block, a line starting with FINAL(the answer) or \
 FINAL_VAR(name_of_variable).
-A plan or a promise to do something is not an answer: do the work first.\
+A plan or a promise to do something is not an answer: do the work first.
+
+The run may be stopped by a time, call, token or cost limit. Keep your best \
+answer so far in answer["content"] (without setting answer["ready"]) as you \
+go: if a limit stops the run, that text is what the user receives.\
 """
 
 PREVIEW_CHARS = 500
