@@ -109,6 +109,8 @@ class GeminiBackend:
         self._session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=self._pool_size, limit_per_host=0),
             timeout=aiohttp.ClientTimeout(total=None),
+            # HTTPS_PROXY / NO_PROXY, as the SDK's httpx default honoured them.
+            trust_env=True,
         )
         http_options = types.HttpOptions(
             base_url=self._base_url,

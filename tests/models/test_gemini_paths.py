@@ -6,7 +6,9 @@ from __future__ import annotations
 
 from typing import Any
 
+import aiohttp
 import pytest
+from aiohttp import web
 
 from rlm_service.models import GenerateOptions, Message, ModelError
 from rlm_service.models.gemini import GeminiBackend
@@ -104,3 +106,41 @@ async def test_model_name_cannot_escape_the_path(fake_gemini: FakeGemini,
         await backend.aclose()
     assert info.value.kind == "bad_request"
     assert fake_gemini.requests == []
+
+
+async def test_http_proxy_from_the_environment_is_used(fake_gemini: FakeGemini,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    # The SDK's default transport honoured HTTP(S)_PROXY; ours must as well.
+    seen: list[str] = []
+
+    async def forward(request: web.Request) -> web.Response:
+        seen.append(str(request.url))
+        async with aiohttp.ClientSession() as upstream, upstream.request(
+                request.method, str(request.url), data=await request.read(),
+                headers={k: v for k, v in request.headers.items()
+                         if k.lower() not in ("host", "content-length")}) as reply:
+            return web.Response(status=reply.status, body=await reply.read(),
+                                content_type=reply.content_type)
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", forward)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    for name in ("HTTP_PROXY", "http_proxy"):
+        monkeypatch.setenv(name, f"http://127.0.0.1:{port}")
+    for name in ("NO_PROXY", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    backend = _backend(fake_gemini, typed_only=False)
+    try:
+        reply = await backend.generate("m", CONVERSATION, GenerateOptions())
+        streamed = await backend.generate("m", CONVERSATION, GenerateOptions(),
+                                          on_delta=lambda _: None)
+    finally:
+        await backend.aclose()
+        await runner.cleanup()
+    assert reply.text and streamed.text
+    assert len(seen) == 2 and all(fake_gemini.base_url in url for url in seen)
+    assert len(fake_gemini.requests) == 2
