@@ -56,6 +56,7 @@ class Req:
     prompt_chars: int
     at: float = field(default_factory=time.monotonic)
     body: dict[str, Any] = field(default_factory=dict, repr=False)
+    path: str = ""
 
 
 @dataclass(frozen=True)

@@ -82,6 +82,8 @@ class FakeGemini(FakeServer):
 
     def _add_routes(self, app: web.Application) -> None:
         app.router.add_post("/{version}/models/{target}", self._handle)
+        # Vertex AI's publisher-model path, as the SDK builds it in express mode (API key).
+        app.router.add_post("/{version}/publishers/google/models/{target}", self._handle)
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         model, _, method = request.match_info["target"].partition(":")
@@ -124,6 +126,7 @@ class FakeGemini(FakeServer):
             model_turns=model_turns,
             prompt_chars=chars,
             body=body,
+            path=request.path,
         )
 
     # -- responses ---------------------------------------------------------------

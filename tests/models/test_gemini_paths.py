@@ -69,6 +69,25 @@ async def test_both_paths_send_the_same_request(fake_gemini: FakeGemini,
     assert (a.text, a.usage, a.finish_reason) == (b.text, b.usage, b.finish_reason)
 
 
+@pytest.mark.parametrize("typed_only", [False, True], ids=["fast", "typed"])
+async def test_vertex_express_mode_uses_the_publisher_model_path(
+        fake_gemini: FakeGemini, monkeypatch: pytest.MonkeyPatch, typed_only: bool) -> None:
+    monkeypatch.setenv("GOOGLE_GENAI_USE_VERTEXAI", "true")
+    monkeypatch.setenv("GOOGLE_API_KEY", "vertex-express-key-0123")
+    backend = GeminiBackend(make_settings(gemini_base_url=fake_gemini.base_url),
+                            typed_only=typed_only)
+    try:
+        reply = await backend.generate("gemini-2.5-flash", CONVERSATION,
+                                       GenerateOptions(system_prompt="Be brief."))
+    finally:
+        await backend.aclose()
+    assert reply.text
+    [sent] = fake_gemini.requests
+    assert sent.path == "/v1beta1/publishers/google/models/gemini-2.5-flash:generateContent"
+    assert sent.headers["x-goog-api-key"] == "vertex-express-key-0123"
+    assert sent.system_instruction == "Be brief."
+
+
 @pytest.mark.parametrize("body", [
     b'[1, 2, 3]',
     b'"just a string"',
