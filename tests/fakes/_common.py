@@ -69,6 +69,7 @@ class Reply:
     cached_tokens: int | None = None
     prompt_tokens: int | None = None
     output_tokens: int | None = None
+    thought: str | None = None  # Gemini: a thought-summary part sent before the answer
 
 
 Turn = str | Reply | Callable[[Req], "str | Reply"]

@@ -198,7 +198,10 @@ class FakeGemini(FakeServer):
                            *, usage_text: str | None = None) -> dict[str, Any]:
         candidate: dict[str, Any] = {"index": 0}
         if text is not None:
-            candidate["content"] = {"parts": [{"text": text}], "role": "model"}
+            parts: list[dict[str, Any]] = [{"text": text}]
+            if reply.thought and finish is not None:
+                parts.insert(0, {"text": reply.thought, "thought": True})
+            candidate["content"] = {"parts": parts, "role": "model"}
         if finish is not None:
             candidate["finishReason"] = finish
         if finish == "SAFETY":

@@ -12,7 +12,7 @@ from aiohttp import web
 
 from rlm_service.models import GenerateOptions, Message, ModelError
 from rlm_service.models.gemini import GeminiBackend
-from tests.fakes import FakeGemini, Fault
+from tests.fakes import FakeGemini, Fault, Reply
 from tests.models._support import GEMINI_KEY, make_settings
 
 CONVERSATION = [
@@ -86,6 +86,23 @@ async def test_vertex_express_mode_uses_the_publisher_model_path(
     assert sent.path == "/v1beta1/publishers/google/models/gemini-2.5-flash:generateContent"
     assert sent.headers["x-goog-api-key"] == "vertex-express-key-0123"
     assert sent.system_instruction == "Be brief."
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["plain", "stream"])
+@pytest.mark.parametrize("typed_only", [False, True], ids=["fast", "typed"])
+async def test_thought_summaries_are_not_the_answer(fake_gemini: FakeGemini, typed_only: bool,
+                                                    stream: bool) -> None:
+    fake_gemini.script("MARK-THOUGHT", [Reply(text="the answer", thought="I think therefore")])
+    deltas: list[str] = []
+    backend = _backend(fake_gemini, typed_only=typed_only)
+    try:
+        reply = await backend.generate("m", [Message("user", "MARK-THOUGHT q")],
+                                       GenerateOptions(),
+                                       on_delta=deltas.append if stream else None)
+    finally:
+        await backend.aclose()
+    assert reply.text == "the answer"
+    assert "think" not in "".join(deltas)
 
 
 @pytest.mark.parametrize("body", [
