@@ -35,8 +35,10 @@ async def test_max_llm_calls_is_never_exceeded(stub, fake_gemini: FakeGemini) ->
     events = await collect(stub, "MARK-CALLS go", "ctx", max_llm_calls=12)
     final = assert_stopped(events, rlm_pb2.STOP_REASON_MAX_LLM_CALLS)
     # The cap is checked before a call starts: the fake never sees call 13. The
-    # calls in flight at the stop are cut off but still counted.
-    assert len(fake_gemini.requests) == 12 == final.total_usage.calls
+    # calls in flight at the stop are cut off but still counted, also one whose
+    # request had not left the process yet (the count errs on the budget's side).
+    assert final.total_usage.calls == 12
+    assert 10 <= len(fake_gemini.requests) <= 12
     assert len(fake_gemini.calls_for("fake-root")) == 2
     assert await fake_gemini.wait_idle(1.0)
 
@@ -113,7 +115,9 @@ async def test_overshoot_is_at_most_the_calls_in_flight(stub, fake_gemini: FakeG
     per_call = 4000 + 100
     # Calls still in flight at the stop (at most a batch) are cut off, not waited for.
     assert limit <= total_tokens(final.total_usage) < limit + 10 * per_call
-    assert final.total_usage.calls == len(fake_gemini.requests)
+    # Counted: every call that reached the fake, and at most the batch cut off
+    # on its way out.
+    assert len(fake_gemini.requests) <= final.total_usage.calls <= len(fake_gemini.requests) + 10
     assert await fake_gemini.wait_idle(1.0)
 
 
