@@ -70,7 +70,10 @@ async def test_answer_forms_keep_parens_quotes_newlines(stub, fake_gemini: FakeG
     fake_gemini.script(f"MARK-{form}", turns)
     events = await collect(stub, f"MARK-{form} answer please", "ctx")
     assert final_of(events).answer == ANSWER
-    assert all("not reached" not in b.stdout for b in of_kind(events, "code_block"))
+    blocks = of_kind(events, "code_block")
+    assert len(blocks) == {"FINAL": 1, "FINAL_VAR": 1, "answer_dict": 1, "text_tag": 0,
+                           "text_var": 1}[form]
+    assert all("not reached" not in b.stdout for b in blocks)
 
 
 async def test_code_after_final_in_same_turn_does_not_run(stub, fake_gemini: FakeGemini) -> None:

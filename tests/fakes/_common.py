@@ -186,6 +186,8 @@ class FakeServer:
         finally:
             loop.call_soon_threadsafe(loop.stop)
             thread.join(timeout=10)
+            # Closing a loop that is still running would hide why it did not stop.
+            assert not thread.is_alive(), f"{type(self).__name__} did not stop within 10 s"
             loop.close()
             self._loop = None
             self._thread = None

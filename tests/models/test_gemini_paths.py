@@ -102,7 +102,8 @@ async def test_thought_summaries_are_not_the_answer(fake_gemini: FakeGemini, typ
     finally:
         await backend.aclose()
     assert reply.text == "the answer"
-    assert "think" not in "".join(deltas)
+    assert "".join(deltas) == ("the answer" if stream else "")
+    assert fake_gemini.requests[-1].stream is stream
 
 
 @pytest.mark.parametrize("body", [

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import re
-from pathlib import Path
 
 import grpc
 import pytest
@@ -13,6 +11,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from rlm_service.server import Server
 from tests.conftest import ROOT_MODEL, SUB_MODEL, StartServer, collect, final_of, of_kind, repl
+from tests.dashboard import dashboard_queries, metric_names
 from tests.fakes._common import tokens_for
 from tests.fakes.gemini import FakeGemini
 from tests.ops.conftest import PROJECT_ROOT, samples, scrape, value
@@ -113,46 +112,6 @@ async def test_counters_move_by_exactly_the_runs(start_server: StartServer,
 
 
 # --- the dashboard only uses what the live server exposes ---------------------------------
-
-_PROMQL_WORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "bool",
-                 "and", "or", "unless", "offset", "inf", "nan"}
-
-
-def metric_names(expr: str) -> set[str]:
-    expr = re.sub(r'"(?:[^"\\]|\\.)*"', '""', expr)  # string literals
-    expr = re.sub(r"\{[^}]*\}", "", expr)  # label matchers
-    expr = re.sub(r"\[[^\]]*\]", "", expr)  # range selectors
-    expr = re.sub(r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", "", expr)
-    expr = re.sub(r"\$\w+", "", expr)  # dashboard variables
-    expr = re.sub(r"label_values\(([^,)]*),[^)]*\)", r"(\1)", expr)
-    expr = re.sub(r"(?<![A-Za-z0-9_:])\d+(?:\.\d+)?(?:e[+-]?\d+)?(?:ms|[smhdwy])*", "", expr)
-    names = set()
-    for match in re.finditer(r"[A-Za-z_:][A-Za-z0-9_:]*", expr):
-        word = match.group(0)
-        if expr[match.end():].lstrip().startswith("(") or word.lower() in _PROMQL_WORDS:
-            continue
-        names.add(word)
-    return names
-
-
-def dashboard_queries(path: Path) -> list[str]:
-    queries: list[str] = []
-
-    def walk(node: object) -> None:
-        if isinstance(node, dict):
-            for key, item in node.items():
-                if isinstance(item, str) and (
-                        key in ("expr", "definition") or (key == "query" and "(" in item)):
-                    queries.append(item)
-                else:
-                    walk(item)
-        elif isinstance(node, list):
-            for item in node:
-                walk(item)
-
-    walk(json.loads(path.read_text()))
-    return queries
-
 
 def live_names(text: str) -> set[str]:
     """Names a query may use: each # TYPE family plus its exposition suffixes."""

@@ -197,8 +197,9 @@ async def test_root_model_error_marks_request_and_model_call(
     assert "invalid argument" in (call.status.description or "").lower()
     request = one(spans, "rlm.request")
     assert request.status.status_code is StatusCode.ERROR
-    assert (request.status.description or "") in message or message in (
-        request.status.description or ""), (request.status.description, message)
+    assert request.status.description
+    assert request.status.description in message or message in request.status.description, (
+        request.status.description, message)
     assert one(spans, "rlm.run", **{"rlm.depth": 0}).status.status_code is StatusCode.ERROR
     server_span = one(spans, SERVER_SPAN)
     assert (server_span.attributes or {})["rpc.grpc.status_code"] == error.code().value[0]
@@ -226,9 +227,9 @@ async def test_client_cancel_is_not_reported_as_success(
     server_span = one(spans, SERVER_SPAN)
     assert (server_span.attributes or {})["rpc.grpc.status_code"] == (
         grpc.StatusCode.CANCELLED.value[0])
-    # A client cancel is not the server's fault, but it is not OK either.
-    assert server_span.status.status_code is not StatusCode.OK
-    assert all(s.status.status_code is not StatusCode.OK for s in spans)
+    # A client cancel is not the server's fault: OTel's gRPC conventions leave a
+    # server span's status unset for CANCELLED; the request span (above) says so.
+    assert server_span.status.status_code is StatusCode.UNSET, server_span.status
     # The run and its block were ended, not left running.
     one(spans, "rlm.run", **{"rlm.depth": 0})
     for _ in range(100):

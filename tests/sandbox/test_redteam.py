@@ -199,19 +199,22 @@ async def test_environment_and_proc_environ_hold_no_api_key(srv, stub, fake) -> 
     f"os.kill({os.getpid()}, signal.SIGKILL)",
 ], ids=["parent", "pid1", "killpg0", "kill-1", "service-pid"])
 async def test_signals_reach_only_the_sandbox(srv, stub, fake, kill: str) -> None:
-    before = {srv.port, os.getpid()}
     events = await attack(stub, fake, f"""
         import os, signal
         try:
             {kill}
+            print('ignored')
         except OSError as e:
             print('refused', type(e).__name__)
         """)
-    # Either the signal was refused or it killed only sandbox processes, and the run went on.
+    # The signal was refused, ignored (a namespace's init ignores SIGKILL from
+    # inside) or killed only sandbox processes, and the run went on; this test
+    # process, which hosts the service, is still here to see it.
     assert final_of(events).answer == "after:3"
     if block(events).repl_restarted:
         assert_restarted(events)
-    assert before == {srv.port, os.getpid()}
+    else:
+        assert block(events).stdout.split()[0] in ("refused", "ignored"), block(events)
     await assert_healthy(srv, stub, fake)
 
 

@@ -7,7 +7,7 @@ import logging
 import re
 import subprocess
 import sys
-from typing import Any, ClassVar
+from typing import Any
 
 import pytest
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -121,18 +121,11 @@ def test_secrets_redacted_everywhere(capsys: pytest.CaptureFixture[str]) -> None
 
 
 def test_secrets_from_settings(capsys: pytest.CaptureFixture[str]) -> None:
-    class FakeSettings:
-        model_fields: ClassVar[dict[str, None]] = {
-            "gemini_api_key": None,
-            "port": None,
-            "openai_api_key": None,
-        }
-        gemini_api_key = SecretStr("gemini-secret-value")
-        openai_api_key = None
-        port = 8080
+    from rlm_service.config import Settings
 
     configure_logging()
-    add_secrets_from(FakeSettings())
+    add_secrets_from(Settings(_env_file=None,  # type: ignore[call-arg]
+                              gemini_api_key=SecretStr("gemini-secret-value"), port=8080))
     logging.getLogger("t").warning("key gemini-secret-value")
     (line,) = lines(capsys)
     assert line["message"] == f"key {REDACTED}"

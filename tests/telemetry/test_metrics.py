@@ -13,6 +13,7 @@ import pytest
 
 from rlm_service.telemetry import metrics, observe_model_call, start_metrics_server
 from rlm_service.telemetry.metrics import MetricsServer
+from tests.dashboard import dashboard_queries, metric_names
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -99,6 +100,7 @@ def test_observe_model_call_and_labels(metrics_server: MetricsServer) -> None:
     labels = {"model": "test-model-x"}
     before_calls = value("rlm_model_calls_total", {**labels, "depth": "1", "outcome": "ok"})
     before_tokens = value("rlm_tokens_total", {**labels, "kind": "thinking"})
+    before_cost = value("rlm_cost_usd_total", labels)
     observe_model_call(
         "test-model-x", 1, "ok", 0.25, prompt_tokens=10, thinking_tokens=7, cost_usd=0.5
     )
@@ -106,7 +108,7 @@ def test_observe_model_call_and_labels(metrics_server: MetricsServer) -> None:
         before_calls + 1
     )
     assert value("rlm_tokens_total", {**labels, "kind": "thinking"}) == before_tokens + 7
-    assert value("rlm_cost_usd_total", labels) >= 0.5
+    assert value("rlm_cost_usd_total", labels) == before_cost + 0.5
     text = scrape(metrics_server)
     assert 'rlm_model_call_duration_seconds_bucket{le="0.25",model="test-model-x"}' in text
     # Fixed outcome series exist before the first run finishes.
@@ -116,35 +118,6 @@ def test_observe_model_call_and_labels(metrics_server: MetricsServer) -> None:
     assert 'rlm_run_duration_seconds_bucket{le="3600.0"}' in text
 
 
-# PromQL words that look like metric names but are not.
-_PROMQL_WORDS = {
-    "by", "without", "on", "ignoring", "group_left", "group_right", "bool",
-    "and", "or", "unless", "offset", "inf", "nan",
-}  # fmt: skip
-
-
-def metric_names(expr: str) -> set[str]:
-    expr = re.sub(r'"(?:[^"\\]|\\.)*"', '""', expr)  # string literals
-    expr = re.sub(r"\{[^}]*\}", "", expr)  # label matchers
-    expr = re.sub(r"\[[^\]]*\]", "", expr)  # range selectors
-    expr = re.sub(r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", "", expr)
-    expr = re.sub(r"\$\w+", "", expr)  # dashboard variables
-    # Grafana's label_values(metric, label): keep the metric, drop the label.
-    expr = re.sub(r"label_values\(([^,)]*),[^)]*\)", r"(\1)", expr)
-    # Numbers and durations (0.95, 5m, 1h30m).
-    expr = re.sub(r"(?<![A-Za-z0-9_:])\d+(?:\.\d+)?(?:e[+-]?\d+)?(?:ms|[smhdwy])*", "", expr)
-    names = set()
-    for match in re.finditer(r"[A-Za-z_:][A-Za-z0-9_:]*", expr):
-        word = match.group(0)
-        rest = expr[match.end() :].lstrip()
-        if rest.startswith("("):  # a function call
-            continue
-        if word.lower() in _PROMQL_WORDS:
-            continue
-        names.add(word)
-    return names
-
-
 def test_metric_name_parser() -> None:
     expr = (
         'histogram_quantile(0.95, sum by (le, model) (rate(foo_bucket{a="x{y}"}[$__rate_interval])))'
@@ -152,27 +125,6 @@ def test_metric_name_parser() -> None:
     )
     assert metric_names(expr) == {"foo_bucket", "bar_total"}
     assert metric_names('label_values(baz_total{x="1"}, grpc_method)') == {"baz_total"}
-
-
-def dashboard_exprs(repo_root: Path) -> list[str]:
-    dash = json.loads((repo_root / "deploy/grafana/rlm-dashboard.json").read_text())
-    exprs: list[str] = []
-
-    def walk(node: object) -> None:
-        if isinstance(node, dict):
-            for key, value in node.items():
-                # "query" is also a plain word in the datasource variable.
-                is_query = key in ("expr", "definition") or (key == "query" and "(" in str(value))
-                if is_query and isinstance(value, str):
-                    exprs.append(value)
-                else:
-                    walk(value)
-        elif isinstance(node, list):
-            for item in node:
-                walk(item)
-
-    walk(dash)
-    return exprs
 
 
 def test_dashboard_uses_only_exposed_metrics(
@@ -189,7 +141,7 @@ def test_dashboard_uses_only_exposed_metrics(
             allowed.add(family)
     ours = {n for n in allowed if n.startswith(("rlm_", "grpc_server_"))}
 
-    exprs = dashboard_exprs(repo_root)
+    exprs = dashboard_queries(repo_root / "deploy/grafana/rlm-dashboard.json")
     assert len(exprs) >= 20
     used: set[str] = set()
     for expr in exprs:
@@ -215,7 +167,7 @@ def test_dashboard_shape(repo_root: Path) -> None:
         if panel["type"] != "row":
             assert panel["datasource"]["uid"] == "${datasource}"
             assert all(t["datasource"]["uid"] == "${datasource}" for t in panel["targets"])
-    exprs = " ".join(dashboard_exprs(repo_root))
+    exprs = " ".join(dashboard_queries(repo_root / "deploy/grafana/rlm-dashboard.json"))
     for quantile in ("0.5", "0.95", "0.99"):
         assert f"histogram_quantile({quantile}, sum by (le) (rate(grpc_server_handling" in exprs
         assert f"histogram_quantile({quantile}, sum by (le) (rate(rlm_run_duration" in exprs

@@ -92,7 +92,6 @@ def test_env_console_and_otlp(monkeypatch: pytest.MonkeyPatch, clean_tracing: li
     shutdown_tracing()
     shutdown_tracing()  # idempotent
     # A provider we installed globally and then shut down is not used.
-    monkeypatch.setattr("rlm_service.telemetry.tracing._global_is_ours", True)
     assert isinstance(tracer(), trace.NoOpTracer)
 
 
