@@ -7,6 +7,7 @@ import contextlib
 import logging
 import math
 import re
+import time
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -20,7 +21,7 @@ from rlm_service.config import Settings
 from rlm_service.models import GenerateOptions
 from rlm_service.run.engine import Engine, RunFailed, RunSpec
 from rlm_service.telemetry.logs import request_id_var
-from rlm_service.telemetry.tracing import tracer
+from rlm_service.telemetry.tracing import error_status, tracer
 
 log = logging.getLogger(__name__)
 _MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/@-]{0,127}$")
@@ -135,7 +136,9 @@ class RLMServicer(rlm_pb2_grpc.RLMServiceServicer):
 
         async def runner() -> None:
             try:
-                final = await self.engine.run(spec, queue.put_nowait)
+                # Waiting for a slot happens here, so the stream heartbeats meanwhile.
+                async with self._slots:
+                    final = await self.engine.run(spec, queue.put_nowait)
                 queue.put_nowait(rlm_pb2.CompletionEvent(final_answer=final))
             except RunFailed as exc:
                 failure.append(exc)
@@ -160,39 +163,32 @@ class RLMServicer(rlm_pb2_grpc.RLMServiceServicer):
         with tracer().start_as_current_span("rlm.request", attributes={
             "rlm.request_id": spec.request_id,
         }) as span:
-            async with self._slots:
-                task = asyncio.create_task(runner())
-                loop = asyncio.get_running_loop()
-                started = loop.time()
-                try:
-                    while True:
-                        try:
-                            event = await asyncio.wait_for(queue.get(),
-                                                           self.settings.heartbeat_seconds)
-                        except TimeoutError:
-                            yield rlm_pb2.CompletionEvent(heartbeat=rlm_pb2.Heartbeat(
-                                elapsed_seconds=loop.time() - started))
-                            continue
-                        if event is None:
-                            break
-                        yield event
-                except (asyncio.CancelledError, GeneratorExit):
-                    # GeneratorExit: the interceptor closes this generator when the cancel
-                    # lands while it is writing an event, outside the generator.
-                    log.info("client cancelled the run", extra={"request_id": spec.request_id})
-                    from opentelemetry.trace import Status, StatusCode
-
-                    span.set_status(Status(StatusCode.ERROR, "cancelled by client"))
-                    raise
-                finally:
-                    if not task.done():
-                        task.cancel()
-                    with contextlib.suppress(BaseException):
-                        await task
-                if failure:
-                    from opentelemetry.trace import Status, StatusCode
-
-                    span.set_status(Status(StatusCode.ERROR, failure[0].message))
+            task = asyncio.create_task(runner())
+            try:
+                while True:
+                    try:
+                        async with asyncio.timeout(self.settings.heartbeat_seconds):
+                            event = await queue.get()
+                    except TimeoutError:
+                        yield rlm_pb2.CompletionEvent(heartbeat=rlm_pb2.Heartbeat(
+                            elapsed_seconds=time.monotonic() - spec.received))
+                        continue
+                    if event is None:
+                        break
+                    yield event
+            except (asyncio.CancelledError, GeneratorExit):
+                # GeneratorExit: the interceptor closes this generator when the cancel
+                # lands while it is writing an event, outside the generator.
+                log.info("client cancelled the run", extra={"request_id": spec.request_id})
+                span.set_status(error_status("cancelled by client"))
+                raise
+            finally:
+                if not task.done():
+                    task.cancel()
+                with contextlib.suppress(BaseException):
+                    await task
+            if failure:
+                span.set_status(error_status(failure[0].message))
         if failure:
             # Outside the span: abort() raises AbortError, which the span would otherwise
             # record, overwriting the run's error with "AbortError: Locally aborted.".

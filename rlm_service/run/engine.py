@@ -28,10 +28,10 @@ from rlm_service.models import (
     TokenUsage,
     catalog,
 )
-from rlm_service.repl import ReplPool, ReplProcess
+from rlm_service.repl import ReplError, ReplPool, ReplProcess
 from rlm_service.run import parsing, prompts
 from rlm_service.telemetry import metrics
-from rlm_service.telemetry.tracing import tracer
+from rlm_service.telemetry.tracing import error_status, tracer
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -62,6 +62,9 @@ class RunSpec:
     root_options: GenerateOptions
     sub_options: GenerateOptions
     stream_root_text: bool = False
+    # The time limit counts from here, the request's arrival: a request that
+    # first waits for a run slot must still end before the client's deadline.
+    received: float = field(default_factory=time.monotonic)
 
 
 @dataclass
@@ -145,7 +148,7 @@ class Request:
         self.settings = engine.settings
         self.spec = spec
         self.emit = emit
-        self.started = time.monotonic()
+        self.started = spec.received
         # Stop a little before the limit, so the final answer still reaches a
         # client whose gRPC deadline set the limit (it expires at the same time).
         timeout = spec.limits.timeout_seconds
@@ -177,19 +180,19 @@ class Request:
                       context=spec.context)
         self.task = asyncio.create_task(root.run())
         timer = asyncio.get_running_loop().call_later(
-            self.stop_after, self.ledger.trip_timeout
+            max(0.0, self.deadline - time.monotonic()), self.ledger.trip_timeout
         )
         try:
-            result = await self.task
-            return self._final(result.answer, result.iterations, result.forced,
-                               rlm_pb2.STOP_REASON_MAX_ITERATIONS if result.forced
-                               else rlm_pb2.STOP_REASON_ANSWERED)
+            return self._answered(await self.task)
         except (asyncio.CancelledError, LimitExceeded):
             current = asyncio.current_task()
             if self.ledger.exceeded is None or (current is not None and current.cancelling()):
                 raise
             if self.shutdown_reason:
                 raise
+            if root.result is not None:
+                # The call that crossed the limit also brought the answer.
+                return self._answered(root.result)
             # A budget stop: a final event with the best partial answer so far.
             return self._final(self.partial_answer, root.iteration, True,
                                self.ledger.exceeded.reason)
@@ -199,6 +202,11 @@ class Request:
                 self.task.cancel()
             with contextlib.suppress(BaseException):
                 await self.task
+
+    def _answered(self, result: RunResult) -> rlm_pb2.FinalAnswer:
+        return self._final(result.answer, result.iterations, result.forced,
+                           rlm_pb2.STOP_REASON_MAX_ITERATIONS if result.forced
+                           else rlm_pb2.STOP_REASON_ANSWERED)
 
     def _final(self, answer: str, iterations: int, forced: bool,
                reason: rlm_pb2.StopReason.ValueType) -> rlm_pb2.FinalAnswer:
@@ -243,7 +251,7 @@ class Request:
                 outcome = "ok"
             except ModelError as exc:
                 self._account(model, depth, exc.usage)
-                span.set_status(_error_status(exc.message))
+                span.set_status(error_status(exc.message))
                 raise
             except asyncio.CancelledError:
                 if sent:
@@ -275,12 +283,6 @@ def _with_context(prompt: str, context: Any) -> str:
     return f"{prompt}\n\nContext:\n{text}"
 
 
-def _error_status(message: str) -> Any:
-    from opentelemetry.trace import Status, StatusCode
-
-    return Status(StatusCode.ERROR, message)
-
-
 @dataclass
 class RLMRun:
     """One RLM run at one depth, with its own REPL."""
@@ -294,6 +296,7 @@ class RLMRun:
     iteration: int = 0
     repl: ReplProcess | None = None
     secret: str = ""
+    result: RunResult | None = None
     _inflight: set[asyncio.Task[Any]] = field(default_factory=set)
     _context: contextvars.Context = field(default_factory=contextvars.copy_context)
 
@@ -316,7 +319,9 @@ class RLMRun:
         }):
             self._context = contextvars.copy_context()
             try:
-                return await self._loop()
+                # Kept: a budget stop can cancel the cleanup after the answer is in.
+                self.result = await self._loop()
+                return self.result
             finally:
                 await asyncio.shield(self._cleanup())
 
@@ -332,12 +337,17 @@ class RLMRun:
     async def _start_repl(self) -> None:
         if self.secret:
             self.req.engine.registry.unregister(self.secret)
-        self.repl = await self.req.engine.pool.acquire()
-        if self.depth == 0:
-            # Pushed mid-block, so a budget stop that kills the block keeps it.
-            self.repl.on_partial = self._on_partial
-        self.secret = self.req.engine.registry.register(self)
-        await self.repl.load_context(self.context, self.secret)
+        try:
+            self.repl = await self.req.engine.pool.acquire()
+            if self.depth == 0:
+                # Pushed mid-block, so a budget stop that kills the block keeps it.
+                self.repl.on_partial = self._on_partial
+            self.secret = self.req.engine.registry.register(self)
+            await self.repl.load_context(self.context, self.secret)
+        except ReplError as exc:
+            log.warning("REPL start failed: %s", exc)
+            raise RunFailed(grpc.StatusCode.UNAVAILABLE,
+                            "the sandboxed REPL could not be started; retry") from exc
 
     def _on_partial(self, text: str) -> None:
         if text:
@@ -534,6 +544,11 @@ class RLMRun:
             text, error = f"Error: the sub-RLM failed: {exc.message}", True
         except LimitExceeded as exc:
             text, error = f"Error: budget exhausted ({exc.detail})", True
+        except Exception:
+            # The model gets an error string and the client a matching
+            # sub_call_finished; the details stay in our logs.
+            log.exception("sub-call failed unexpectedly")
+            text, error = "Error: the sub-call failed inside the service", True
         cost = catalog.cost_usd(model, usage) if usage else 0.0
         self._event(sub_call_finished=rlm_pb2.SubCallFinished(
             call_id=call_id, parent_id=self.call_id, depth=child_depth, model=model, kind=kind,

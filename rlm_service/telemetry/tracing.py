@@ -36,6 +36,7 @@ from opentelemetry.sdk.trace.export import (
 
 __all__ = [
     "TRACER_NAME",
+    "error_status",
     "extract_context",
     "setup_tracing",
     "shutdown_tracing",
@@ -138,6 +139,11 @@ def setup_tracing(
 
 def tracing_enabled() -> bool:
     return _provider is not None
+
+
+def error_status(message: str) -> trace.Status:
+    """An ERROR span status carrying ``message``."""
+    return trace.Status(trace.StatusCode.ERROR, message)
 
 
 def tracer() -> trace.Tracer:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 from rlm_service._gen.rlm.v1 import rlm_pb2
 from rlm_service.client import make_request
 from tests.conftest import collect, final_of, of_kind, repl
 from tests.fakes.gemini import FakeGemini
+from tests.recursion import open_stub
 
 # Turn 1 records a partial answer; turn 2 would go on forever.
 SET_PARTIAL = repl("answer['content'] = 'partial so far'")
@@ -153,3 +155,37 @@ async def test_partial_answer_set_inside_the_stopped_block_is_kept(stub,
     assert final.stop_reason == rlm_pb2.STOP_REASON_TIMEOUT, final
     assert final.forced and final.answer == "all steps done"
     assert final.iterations == 1
+
+
+async def test_answer_from_the_call_that_crossed_the_limit_is_kept(stub,
+                                                                   fake_gemini: FakeGemini) -> None:
+    # The first root turn alone uses more than 10 tokens, and it answers.
+    fake_gemini.script("MARK-LASTCALL", ["FINAL(forty-two)"])
+    events = await collect(stub, "MARK-LASTCALL go", "ctx", max_total_tokens=10)
+    final = final_of(events)
+    assert final.answer == "forty-two" and not final.forced
+    assert final.stop_reason == rlm_pb2.STOP_REASON_ANSWERED
+    assert total_tokens(final.total_usage) > 10
+
+
+async def test_time_spent_waiting_for_a_run_slot_counts(start_server,
+                                                        fake_gemini: FakeGemini) -> None:
+    server = await start_server(max_concurrent_runs=1, heartbeat_seconds=0.3)
+    fake_gemini.script("MARK-HOG", [repl("import time\ntime.sleep(1.5)\nFINAL('hog done')")])
+    fake_gemini.script("MARK-QUEUED", [SET_PARTIAL, repl("import time\ntime.sleep(30)")])
+    async with open_stub(server) as stub:
+        hog = asyncio.create_task(collect(stub, "MARK-HOG go", "ctx"))
+        await asyncio.sleep(0.3)  # the hog holds the only slot
+        started = time.monotonic()
+        call = stub.StreamCompletion(make_request("MARK-QUEUED go", "ctx"), timeout=3.0)
+        events = [e async for e in call]
+        elapsed = time.monotonic() - started
+        assert final_of(await hog).answer == "hog done"
+    # The queued run ended by its own clock, from arrival, with a final answer
+    # before the client's deadline, and the stream stayed alive while it waited.
+    final = final_of(events)
+    assert final.stop_reason == rlm_pb2.STOP_REASON_TIMEOUT
+    assert final.answer == "partial so far"
+    assert elapsed < 3.0
+    kinds = [e.WhichOneof("event") for e in events]
+    assert kinds.index("heartbeat") < kinds.index("run_started")
