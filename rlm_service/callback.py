@@ -12,10 +12,10 @@ import grpc
 from google.protobuf import json_format
 
 from rlm_service._gen.rlm.internal.v1 import llm_query_pb2, llm_query_pb2_grpc
+from rlm_service.repl_guest import protocol
 from rlm_service.run.engine import CallbackRegistry, RLMRun
 
 log = logging.getLogger(__name__)
-SECRET_METADATA_KEY = "x-rlm-run-secret"
 
 
 class LLMQueryServicer(llm_query_pb2_grpc.LLMQueryServiceServicer):
@@ -26,7 +26,7 @@ class LLMQueryServicer(llm_query_pb2_grpc.LLMQueryServiceServicer):
     async def _run_for(self, context: grpc.aio.ServicerContext[Any, Any]) -> RLMRun:
         secret = ""
         for key, value in context.invocation_metadata() or ():
-            if key == SECRET_METADATA_KEY:
+            if key == protocol.SECRET_METADATA_KEY:
                 secret = value if isinstance(value, str) else value.decode()
         run = self.registry.lookup(secret) if secret else None
         if run is None:

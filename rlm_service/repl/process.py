@@ -22,8 +22,13 @@ from rlm_service.repl_guest import protocol
 
 log = logging.getLogger(__name__)
 
-# Half the guest's PUSH_INTERVAL: the fastest answer updates the host accepts.
-MIN_PUSH_INTERVAL = 0.1
+# What the host takes in pushes while it waits for a reply: a push costs one
+# unit plus one per PUSH_MAX_CHARS of content, and the allowance is PUSH_BURST
+# units plus one per half PUSH_INTERVAL. An honest guest stays well inside;
+# forged frames cannot keep the service decoding (one frame of up to MAX_FRAME
+# at most, then the REPL is dropped).
+PUSH_BURST = 4.0
+MIN_PUSH_INTERVAL = protocol.PUSH_INTERVAL / 2
 # How long past its own limit a block may take before the process is killed:
 # the guest interrupts the block itself first, this catches code that ignores it.
 HARD_KILL_GRACE = 2.0
@@ -114,9 +119,18 @@ class ReplProcess:
             raise
         finally:
             child.close()
-        reader, writer = await asyncio.open_unix_connection(
-            sock=parent, limit=protocol.MAX_FRAME + 16
-        )
+        try:
+            reader, writer = await asyncio.open_unix_connection(
+                sock=parent, limit=protocol.MAX_FRAME + 16
+            )
+        except BaseException:
+            # Cancelled here (a pool closing), nothing else owns the process yet.
+            parent.close()
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            await proc.wait()
+            shutil.rmtree(run_dir, ignore_errors=True)
+            raise
         repl = cls(sandbox, proc, run_dir, reader, writer)
         try:
             ready = await asyncio.wait_for(repl._recv(), START_TIMEOUT)
@@ -154,22 +168,20 @@ class ReplProcess:
             return await asyncio.wait_for(self._reply(), timeout)
 
     async def _reply(self) -> dict[str, Any]:
-        """The reply to the request just sent, taking in the guest's pushes on the way.
-
-        The guest pushes at most every 0.2 s; twice that rate is allowed, so
-        code that forges pushes cannot keep the service decoding frames."""
+        """The reply to the request just sent, taking in the guest's pushes on the way."""
         started = time.monotonic()
-        pushes = 0
+        spent = 0.0
         while True:
             message = await self._recv()
-            if message.get("push") != "partial":
+            if message.get("push") != protocol.PUSH_PARTIAL:
                 return message
-            pushes += 1
-            if pushes > 1 + (time.monotonic() - started) / MIN_PUSH_INTERVAL:
-                raise ReplError("the REPL sent answer updates faster than its guest ever "
+            content = str(message.get("content", ""))
+            spent += 1 + len(content) / protocol.PUSH_MAX_CHARS
+            if spent > PUSH_BURST + (time.monotonic() - started) / MIN_PUSH_INTERVAL:
+                raise ReplError("the REPL sent more answer updates than its guest ever "
                                 "does (forged control frames)")
             if self.on_partial is not None:
-                self.on_partial(str(message.get("content", "")))
+                self.on_partial(content)
 
     async def _death_note(self) -> str:
         with contextlib.suppress(asyncio.TimeoutError, ProcessLookupError):
@@ -196,13 +208,17 @@ class ReplProcess:
         path = self.run_dir / ("context.txt" if kind == "str" else "context.json")
         await asyncio.to_thread(_write_context, path, context, kind)
         guest_dir, guest_socket = self.sandbox.guest_paths(self.run_dir)
-        reply = await self._request({
-            "op": "init",
-            "context_path": f"{guest_dir}/{path.name}",
-            "context_kind": kind,
-            "secret": secret,
-            "socket": guest_socket,
-        }, timeout=120.0)
+        try:
+            reply = await self._request({
+                "op": "init",
+                "context_path": f"{guest_dir}/{path.name}",
+                "context_kind": kind,
+                "secret": secret,
+                "socket": guest_socket,
+            }, timeout=120.0)
+        except TimeoutError:
+            await self.close()
+            raise ReplError("the REPL did not load the context within 120 s") from None
         # The guest holds the context in memory now; the file only costs disk.
         with contextlib.suppress(OSError):
             path.unlink()
@@ -263,7 +279,13 @@ class ReplProcess:
         )
 
     async def get_var(self, name: str) -> tuple[bool, str]:
-        reply = await self._request({"op": "get_var", "name": name}, timeout=30.0)
+        try:
+            reply = await self._request({"op": "get_var", "name": name}, timeout=30.0)
+        except (TimeoutError, ReplError) as exc:
+            # The guest guards the variable's __str__ itself; no answer in time
+            # means it is stuck or gone, and a late reply would desynchronise it.
+            await self.close()
+            return False, f"the REPL did not return the variable ({exc or 'timed out'})"
         if reply.get("ok"):
             return True, str(reply.get("value", ""))
         return False, str(reply.get("error", ""))

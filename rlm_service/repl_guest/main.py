@@ -20,11 +20,18 @@ import sys
 import threading
 import time
 import traceback
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from rlm_service.repl_guest import protocol
 
-SECRET_METADATA_KEY = "x-rlm-run-secret"
+T = TypeVar("T")
+# How long str() of a FINAL_VAR variable may take (it runs the model's __str__).
+GET_VAR_TIMEOUT = 10.0
+# Text values sent to the service are cut here, so a frame never exceeds MAX_FRAME
+# (a character is at most 4 bytes of UTF-8, and JSON may escape some further).
+MAX_VALUE_CHARS = protocol.MAX_FRAME // 8
+
 _INJECTED = (
     "context", "llm_query", "llm_query_batched", "rlm_query", "rlm_query_batched",
     "SHOW_VARS", "FINAL", "FINAL_VAR", "answer",
@@ -89,9 +96,6 @@ def _apply_limits(limits: dict[str, int]) -> None:
             resource.setrlimit(which, (value, value))
 
 
-PUSH_INTERVAL = 0.2
-
-
 class _Answer(dict[str, Any]):
     """The REPL's ``answer`` dict; setting its content also pushes it to the service."""
 
@@ -122,7 +126,10 @@ class Guest:
         self._final: str | None = None
         self._block_no = 0
         self._main_ident = threading.get_ident()
-        self._last_push = -PUSH_INTERVAL
+        self._last_push = -protocol.PUSH_INTERVAL
+        # True only while model code runs under a watchdog; a timer signal that
+        # lands a moment later (the code just finished) must not raise.
+        self._armed = False
         self.ns: dict[str, Any] = {"__name__": "__main__", "__builtins__": __builtins__}
 
     # --- control channel ------------------------------------------------------
@@ -135,11 +142,13 @@ class Guest:
         PUSH_INTERVAL: a loop rewriting the answer must not flood the channel
         (the block's reply always carries the latest value)."""
         now = time.monotonic()
-        if now - self._last_push < PUSH_INTERVAL or threading.get_ident() != self._main_ident:
+        if (now - self._last_push < protocol.PUSH_INTERVAL
+                or threading.get_ident() != self._main_ident):
             return
         self._last_push = now
         with contextlib.suppress(ValueError, OSError):
-            self.send({"push": "partial", "content": str(content)})
+            self.send({"push": protocol.PUSH_PARTIAL,
+                       "content": str(content)[:protocol.PUSH_MAX_CHARS]})
 
     def recv(self) -> dict[str, Any] | None:
         header = self._rfile.read(protocol.HEADER.size)
@@ -205,16 +214,11 @@ class Guest:
         out, err = _Capture(self._max_output), _Capture(self._max_output)
         saved = sys.stdout, sys.stderr
         sys.stdout, sys.stderr = out, err
-        done = threading.Event()
         error = False
         timed_out = False
-        watchdog = None
-        if timeout > 0:
-            watchdog = threading.Thread(target=self._watch, args=(done, timeout), daemon=True)
-            watchdog.start()
         started = time.monotonic()
         try:
-            self._run_code(code)
+            self._guarded(lambda: self._run_code(code), timeout)
         except _FinalSignal:
             pass
         except _BlockTimeout:
@@ -227,7 +231,6 @@ class Guest:
             error = True
             err.write(self._format_exception(exc))
         finally:
-            done.set()
             sys.stdout, sys.stderr = saved
         answer = self.ns.get("answer")
         final = self._final
@@ -244,8 +247,8 @@ class Guest:
             "stderr_total": err.total,
             "error": error,
             "timed_out": timed_out,
-            "final": final,
-            "partial": partial,
+            "final": None if final is None else final[:MAX_VALUE_CHARS],
+            "partial": partial[:MAX_VALUE_CHARS],
             "vars": self._user_vars(),
             "duration": time.monotonic() - started,
         }
@@ -265,10 +268,27 @@ class Guest:
             if value is not None:
                 print(repr(value))
 
+    def _guarded(self, fn: Callable[[], T], timeout: float) -> T:
+        """Runs ``fn`` (model code) here in the main thread; past ``timeout`` it
+        is interrupted with _BlockTimeout."""
+        done = threading.Event()
+        if timeout > 0:
+            threading.Thread(target=self._watch, args=(done, timeout), daemon=True).start()
+        self._armed = True
+        try:
+            return fn()
+        finally:
+            self._armed = False
+            done.set()
+
     def _watch(self, done: threading.Event, timeout: float) -> None:
         if not done.wait(timeout):
             # A real signal, so blocking calls such as time.sleep are interrupted too.
             signal.pthread_kill(self._main_ident, signal.SIGUSR1)
+
+    def on_timer_signal(self, signum: int, frame: Any) -> None:
+        if self._armed:
+            raise _BlockTimeout
 
     @staticmethod
     def _format_exception(exc: BaseException) -> str:
@@ -281,7 +301,16 @@ class Guest:
     def _get_var(self, name: str) -> dict[str, Any]:
         if name not in self.ns:
             return {"ok": False, "error": f"no variable named {name!r} in the REPL"}
-        return {"ok": True, "value": _to_text(self.ns[name])}
+        # str() runs the model's own __str__: guard it like a block.
+        try:
+            value = self._guarded(lambda: str(self.ns[name]), GET_VAR_TIMEOUT)
+        except _BlockTimeout:
+            return {"ok": False, "error": f"turning {name!r} into text took over "
+                                          f"{GET_VAR_TIMEOUT:g} s"}
+        except Exception as exc:
+            return {"ok": False, "error": f"turning {name!r} into text failed: "
+                                          f"{type(exc).__name__}"}
+        return {"ok": True, "value": value[:MAX_VALUE_CHARS]}
 
     def _user_vars(self) -> list[str]:
         return sorted(
@@ -291,7 +320,7 @@ class Guest:
 
     # --- functions the model's code calls --------------------------------------
     def final(self, value: Any = "") -> None:
-        self._final = _to_text(value)
+        self._final = str(value)
         raise _FinalSignal
 
     def final_var(self, name: Any) -> None:
@@ -299,9 +328,9 @@ class Guest:
             key = name.strip().strip("'\"")
             if key not in self.ns:
                 raise NameError(f"FINAL_VAR: no variable named {key!r}; assign it first")
-            self._final = _to_text(self.ns[key])
+            self._final = str(self.ns[key])
         else:
-            self._final = _to_text(name)
+            self._final = str(name)
         raise _FinalSignal
 
     def show_vars(self) -> None:
@@ -316,19 +345,19 @@ class Guest:
 
         try:
             return getattr(self._stub, method)(
-                request, metadata=((SECRET_METADATA_KEY, self._secret),)
+                request, metadata=((protocol.SECRET_METADATA_KEY, self._secret),)
             )
         except grpc.RpcError as exc:
             details = exc.details() if hasattr(exc, "details") else str(exc)
             return self._pb.QueryResponse(text=f"Error: sub-call failed: {details}", error=True)
 
     def llm_query(self, prompt: Any, model: str | None = None) -> str:
-        request = self._pb.QueryRequest(prompt=_to_text(prompt), model=model or "")
+        request = self._pb.QueryRequest(prompt=str(prompt), model=model or "")
         return str(self._call("Query", request).text)
 
     def llm_query_batched(self, prompts: Any, model: str | None = None) -> list[str]:
         request = self._pb.QueryBatchedRequest(
-            prompts=[_to_text(p) for p in prompts], model=model or ""
+            prompts=[str(p) for p in prompts], model=model or ""
         )
         reply = self._call("QueryBatched", request)
         if isinstance(reply, self._pb.QueryResponse):
@@ -336,7 +365,7 @@ class Guest:
         return [str(r.text) for r in reply.responses]
 
     def rlm_query(self, prompt: Any, context: Any = None, model: str | None = None) -> str:
-        request = self._pb.QueryRequest(prompt=_to_text(prompt), model=model or "", recursive=True)
+        request = self._pb.QueryRequest(prompt=str(prompt), model=model or "", recursive=True)
         if context is not None:
             _fill_value(request.context, context)
         return str(self._call("Query", request).text)
@@ -344,7 +373,7 @@ class Guest:
     def rlm_query_batched(
         self, prompts: Any, contexts: Any = None, model: str | None = None
     ) -> list[str]:
-        prompts = [_to_text(p) for p in prompts]
+        prompts = [str(p) for p in prompts]
         request = self._pb.QueryBatchedRequest(prompts=prompts, model=model or "", recursive=True)
         if contexts is not None:
             contexts = list(contexts)
@@ -356,10 +385,6 @@ class Guest:
         if isinstance(reply, self._pb.QueryResponse):
             return [str(reply.text)] * len(prompts)
         return [str(r.text) for r in reply.responses]
-
-
-def _to_text(value: Any) -> str:
-    return value if isinstance(value, str) else str(value)
 
 
 def _fill_value(target: Any, obj: Any) -> None:
@@ -381,7 +406,6 @@ def main() -> None:
     parser.add_argument("--max-output", type=int, default=20_000)
     args = parser.parse_args()
     _apply_limits(json.loads(args.limits))
-    signal.signal(signal.SIGUSR1, _raise_timeout)
     # Model code sees no stdin; fds 1/2 stay pipes the service drains.
     devnull = os.open(os.devnull, os.O_RDONLY)
     os.dup2(devnull, 0)
@@ -396,12 +420,9 @@ def main() -> None:
     from rlm_service._gen.rlm.internal.v1 import llm_query_pb2_grpc  # noqa: F401
 
     guest = Guest(ctrl, args.max_output)
+    signal.signal(signal.SIGUSR1, guest.on_timer_signal)
     guest.send({"op": "ready", "pid": os.getpid()})
     guest.serve()
-
-
-def _raise_timeout(signum: int, frame: Any) -> None:
-    raise _BlockTimeout
 
 
 if __name__ == "__main__":

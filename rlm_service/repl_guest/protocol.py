@@ -14,6 +14,16 @@ from typing import Any
 HEADER = struct.Struct(">I")
 MAX_FRAME = 64 * 1024 * 1024
 
+# gRPC metadata key carrying a REPL's secret on its LLMQuery calls.
+SECRET_METADATA_KEY = "x-rlm-run-secret"
+
+# Unsolicited guest -> host frames: {"push": PUSH_PARTIAL, "content": ...}
+# carries answer["content"] while a block runs. The guest sends at most one
+# per PUSH_INTERVAL seconds, of at most PUSH_MAX_CHARS characters.
+PUSH_PARTIAL = "partial"
+PUSH_INTERVAL = 0.2
+PUSH_MAX_CHARS = 1_000_000
+
 
 def encode(message: dict[str, Any]) -> bytes:
     body = json.dumps(message, ensure_ascii=False, separators=(",", ":")).encode()
