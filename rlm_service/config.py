@@ -107,11 +107,11 @@ class Settings(BaseSettings):
 
     def backend_configured(self, backend: BackendName) -> bool:
         if backend == "gemini":
-            return bool(self.gemini_api_key or self.gemini_base_url) or _vertex_configured()
+            return bool(self.gemini_api_key or self.gemini_base_url) or vertex_configured()
         return bool(self.openai_api_key or self.openai_base_url)
 
 
-def _vertex_configured() -> bool:
+def vertex_configured() -> bool:
     import os
 
     return os.environ.get("GOOGLE_GENAI_USE_VERTEXAI", "").lower() in {"1", "true", "yes"}

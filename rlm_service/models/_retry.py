@@ -98,6 +98,72 @@ def scrub(text: str, secrets: Iterable[str | None]) -> str:
     return text
 
 
+# Statuses worth another attempt: the server or a proxy on the way failed.
+RETRYABLE_STATUS = frozenset({408, 500, 502, 503, 504})
+SERVER_MESSAGE_LIMIT = 300
+
+
+def server_detail(message: object, secrets: Iterable[str | None]) -> str:
+    """A provider's error text, fit to show: one line, capped, no credentials."""
+    text = " ".join(message.split()) if isinstance(message, str) else ""
+    if len(text) > SERVER_MESSAGE_LIMIT:
+        text = text[:SERVER_MESSAGE_LIMIT].rstrip() + "..."
+    return scrub(text, secrets)
+
+
+def status_error(status: int, what: str, detail: str, *, label: str = "",
+                 retry_after: float | None = None,
+                 retryable: frozenset[int] = RETRYABLE_STATUS) -> AttemptError:
+    """The HTTP status ladder every provider shares. ``label`` is how the
+    status is shown ("429 RESOURCE_EXHAUSTED"; the number when empty). Causes
+    a provider names in its body (a content filter, a context overflow) are
+    for the backend to check first."""
+    label = label or str(status)
+    suffix = f": {detail}" if detail else ""
+    if status == 429:
+        return AttemptError(f"{what} is rate limited ({label}){suffix}", kind="rate_limited",
+                            code=grpc.StatusCode.RESOURCE_EXHAUSTED, retryable=True,
+                            retry_after=retry_after)
+    if status in retryable or status >= 500:
+        return AttemptError(f"{what} is unavailable ({label}){suffix}", kind="unavailable",
+                            code=grpc.StatusCode.UNAVAILABLE, retryable=True,
+                            retry_after=retry_after)
+    if status in (401, 403):
+        return AttemptError(f"{what} refused the credentials ({label}){suffix}",
+                            kind="permission_denied", code=grpc.StatusCode.PERMISSION_DENIED,
+                            retryable=False)
+    if status == 404:
+        return AttemptError(f"{what} was not found ({label}){suffix}", kind="not_found",
+                            code=grpc.StatusCode.NOT_FOUND, retryable=False)
+    if status == 413:
+        return prompt_too_large(what, suffix)
+    return AttemptError(f"{what} rejected the request as invalid ({label}){suffix}",
+                        kind="bad_request", code=grpc.StatusCode.INVALID_ARGUMENT,
+                        retryable=False)
+
+
+def prompt_too_large(what: str, suffix: str = "") -> AttemptError:
+    return AttemptError(f"the prompt is too large for {what}{suffix}", kind="prompt_too_large",
+                        code=grpc.StatusCode.INVALID_ARGUMENT, retryable=False)
+
+
+def transport_error(what: str) -> AttemptError:
+    return AttemptError(f"{what} could not be reached: the connection failed or was closed "
+                        "before a complete answer arrived",
+                        kind="unavailable", code=grpc.StatusCode.UNAVAILABLE, retryable=True)
+
+
+def malformed_error(what: str) -> AttemptError:
+    return AttemptError(f"{what} sent a response that could not be parsed", kind="malformed",
+                        code=grpc.StatusCode.UNAVAILABLE, retryable=True)
+
+
+def unexpected_error(what: str, exc: Exception) -> AttemptError:
+    log.warning("unexpected error from the model client of %s", what, exc_info=exc)
+    return AttemptError(f"{what} failed with an unexpected client error ({type(exc).__name__})",
+                        kind="internal", code=grpc.StatusCode.INTERNAL, retryable=False)
+
+
 async def run_with_retries(
     attempt: Callable[[], Awaitable[ModelReply]],
     *,

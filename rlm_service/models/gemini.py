@@ -22,7 +22,7 @@ import asyncio
 import json
 import logging
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,10 +30,10 @@ import aiohttp
 import grpc
 import pydantic
 from google import genai
-from google.genai import _transformers, types
 from google.genai import errors as genai_errors
+from google.genai import types
 
-from rlm_service.config import Settings, _vertex_configured
+from rlm_service.config import Settings, vertex_configured
 from rlm_service.models._base import (
     AttemptHook,
     DeltaHook,
@@ -48,13 +48,17 @@ from rlm_service.models._retry import (
     EMPTY_RETRY_LIMIT,
     AttemptError,
     RetryPolicy,
+    malformed_error,
+    prompt_too_large,
     run_with_retries,
-    scrub,
+    server_detail,
+    status_error,
+    transport_error,
+    unexpected_error,
 )
 
 log = logging.getLogger(__name__)
 
-_RETRYABLE_STATUS = {408, 500, 502, 503, 504}
 _SAFETY_REASONS = {
     "SAFETY": "the model stopped for safety reasons (SAFETY) before answering",
     "RECITATION": "the model stopped because its answer would recite protected material (RECITATION)",
@@ -63,8 +67,8 @@ _SAFETY_REASONS = {
     "SPII": "the model stopped because the answer would reveal sensitive personal information (SPII)",
     "IMAGE_SAFETY": "the model stopped for image safety reasons (IMAGE_SAFETY) before answering",
 }
+_PATH_CACHE_SIZE = 256
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d*)?)s\s*$")
-_SERVER_MESSAGE_LIMIT = 300
 
 
 class GeminiBackend:
@@ -82,7 +86,7 @@ class GeminiBackend:
         self._pool_size = settings.max_concurrent_model_calls
         # Shared by every backend of the process (build_backends), so the cap is process-wide.
         self._semaphore = limiter or asyncio.Semaphore(settings.max_concurrent_model_calls)
-        self._vertex = _vertex_configured()
+        self._vertex = vertex_configured()
         self._typed_only = typed_only
         if not self._vertex and not self._api_key and not settings.gemini_base_url:
             raise ValueError("GEMINI_API_KEY is not set (or set GOOGLE_GENAI_USE_VERTEXAI "
@@ -90,6 +94,7 @@ class GeminiBackend:
         self._session: aiohttp.ClientSession | None = None
         self._client: genai.Client | None = None
         self._raw_api: Any = None
+        self._t_model: Callable[[Any, str], str] = lambda _api, model: model
         self._paths: dict[str, str] = {}
         try:
             asyncio.get_running_loop()
@@ -129,7 +134,14 @@ class GeminiBackend:
                                         http_options=http_options)
         api = getattr(self._client.aio, "_api_client", None)
         if not self._typed_only and callable(getattr(api, "async_request", None)):
-            self._raw_api = api
+            try:
+                # The SDK's own model-name rule ("models/x" for the Gemini API,
+                # "publishers/google/models/x" for Vertex, names that would
+                # escape the path refused). Internal too, hence the guard.
+                from google.genai._transformers import t_model
+            except ImportError:
+                return self._client
+            self._raw_api, self._t_model = api, t_model
         return self._client
 
     async def generate(
@@ -200,11 +212,9 @@ class GeminiBackend:
     def _path_for(self, model: str) -> str:
         path = self._paths.get(model)
         if path is None:
-            # The SDK's own rule ("models/x" for the Gemini API,
-            # "publishers/google/models/x" for Vertex); it also rejects names
-            # that would escape the path.
-            path = self._paths[model] = (
-                f"{_transformers.t_model(self._raw_api, model)}:generateContent")
+            if len(self._paths) >= _PATH_CACHE_SIZE:
+                self._paths.clear()  # model names come from requests and REPL code
+            path = self._paths[model] = f"{self._t_model(self._raw_api, model)}:generateContent"
         return path
 
     async def aclose(self) -> None:
@@ -217,64 +227,23 @@ class GeminiBackend:
 
     def _classify(self, exc: Exception, what: str) -> AttemptError:
         if isinstance(exc, genai_errors.APIError):
-            return self._classify_api_error(exc, what)
+            detail = server_detail(exc.message, [self._api_key])
+            if (exc.code == 400 and "token" in detail.lower()
+                    and "exceed" in detail.lower()):
+                return prompt_too_large(what, f": {detail}")
+            default = "RESOURCE_EXHAUSTED" if exc.code == 429 else ""
+            return status_error(exc.code, what, detail,
+                                label=f"{exc.code} {exc.status or default}".rstrip(),
+                                retry_after=_retry_delay(exc.details))
         if isinstance(exc, genai_errors.UnknownApiResponseError | json.JSONDecodeError
                       | pydantic.ValidationError):
-            return AttemptError(f"{what} sent a response that could not be parsed",
-                                kind="malformed", code=grpc.StatusCode.UNAVAILABLE,
-                                retryable=True)
+            return malformed_error(what)
         if isinstance(exc, ValueError) and str(exc).startswith("invalid model"):
             return AttemptError(f"{what} is not a valid model name", kind="bad_request",
                                 code=grpc.StatusCode.INVALID_ARGUMENT, retryable=False)
         if isinstance(exc, aiohttp.ClientError | OSError):
-            return AttemptError(
-                f"{what} could not be reached: the connection failed or was closed "
-                "before a complete answer arrived",
-                kind="unavailable", code=grpc.StatusCode.UNAVAILABLE, retryable=True)
-        log.warning("unexpected error from the Gemini client", exc_info=exc)
-        return AttemptError(f"{what} failed with an unexpected client error "
-                            f"({type(exc).__name__})",
-                            kind="internal", code=grpc.StatusCode.INTERNAL, retryable=False)
-
-    def _classify_api_error(self, exc: genai_errors.APIError, what: str) -> AttemptError:
-        status = exc.code
-        detail = self._server_message(exc)
-        suffix = f": {detail}" if detail else ""
-        if status == 429:
-            return AttemptError(f"{what} is rate limited (429 {exc.status or 'RESOURCE_EXHAUSTED'})"
-                                f"{suffix}", kind="rate_limited",
-                                code=grpc.StatusCode.RESOURCE_EXHAUSTED, retryable=True,
-                                retry_after=_retry_delay(exc.details))
-        if status in _RETRYABLE_STATUS:
-            return AttemptError(f"{what} is unavailable ({status} {exc.status or ''}".rstrip()
-                                + f"){suffix}", kind="unavailable",
-                                code=grpc.StatusCode.UNAVAILABLE, retryable=True)
-        if status in (401, 403):
-            return AttemptError(f"{what} refused the credentials ({status} {exc.status or ''}"
-                                .rstrip() + f"){suffix}", kind="permission_denied",
-                                code=grpc.StatusCode.PERMISSION_DENIED, retryable=False)
-        if status == 404:
-            return AttemptError(f"{what} was not found ({status}){suffix}", kind="not_found",
-                                code=grpc.StatusCode.NOT_FOUND, retryable=False)
-        if status == 400 and detail and "token" in detail.lower() and "exceed" in detail.lower():
-            return AttemptError(f"the prompt is too large for {what}{suffix}",
-                                kind="prompt_too_large", code=grpc.StatusCode.INVALID_ARGUMENT,
-                                retryable=False)
-        if 400 <= status < 500:
-            return AttemptError(f"{what} rejected the request as invalid ({status} "
-                                f"{exc.status or ''}".rstrip() + f"){suffix}",
-                                kind="bad_request", code=grpc.StatusCode.INVALID_ARGUMENT,
-                                retryable=False)
-        return AttemptError(f"{what} failed with HTTP status {status}{suffix}",
-                            kind="unavailable", code=grpc.StatusCode.UNAVAILABLE,
-                            retryable=status >= 500)
-
-    def _server_message(self, exc: genai_errors.APIError) -> str:
-        message = exc.message if isinstance(exc.message, str) else ""
-        message = " ".join(message.split())
-        if len(message) > _SERVER_MESSAGE_LIMIT:
-            message = message[:_SERVER_MESSAGE_LIMIT].rstrip() + "..."
-        return scrub(message, [self._api_key])
+            return transport_error(what)
+        return unexpected_error(what, exc)
 
 
 # -- response handling -----------------------------------------------------------------

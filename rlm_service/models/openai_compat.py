@@ -34,16 +34,20 @@ from rlm_service.models._base import (
 )
 from rlm_service.models._retry import (
     EMPTY_RETRY_LIMIT,
+    RETRYABLE_STATUS,
     AttemptError,
     RetryPolicy,
+    malformed_error,
+    prompt_too_large,
     run_with_retries,
-    scrub,
+    server_detail,
+    status_error,
+    transport_error,
+    unexpected_error,
 )
 
 log = logging.getLogger(__name__)
 
-_RETRYABLE_STATUS = {408, 409, 500, 502, 503, 504}
-_SERVER_MESSAGE_LIMIT = 300
 
 
 class OpenAIBackend:
@@ -125,66 +129,29 @@ class OpenAIBackend:
             return AttemptError(f"{what} did not answer in time (the connection timed out)",
                                 kind="timeout", code=grpc.StatusCode.DEADLINE_EXCEEDED,
                                 retryable=True)
-        if isinstance(exc, openai.APIConnectionError):
-            return AttemptError(
-                f"{what} could not be reached: the connection failed or was closed "
-                "before a complete answer arrived",
-                kind="unavailable", code=grpc.StatusCode.UNAVAILABLE, retryable=True)
+        if isinstance(exc, openai.APIConnectionError | OSError):
+            return transport_error(what)
         if isinstance(exc, openai.APIResponseValidationError | json.JSONDecodeError
                       | pydantic.ValidationError):
-            return AttemptError(f"{what} sent a response that could not be parsed",
-                                kind="malformed", code=grpc.StatusCode.UNAVAILABLE,
-                                retryable=True)
-        if isinstance(exc, OSError):
-            return AttemptError(f"{what} could not be reached: the connection failed",
-                                kind="unavailable", code=grpc.StatusCode.UNAVAILABLE,
-                                retryable=True)
-        log.warning("unexpected error from the OpenAI client", exc_info=exc)
-        return AttemptError(f"{what} failed with an unexpected client error "
-                            f"({type(exc).__name__})",
-                            kind="internal", code=grpc.StatusCode.INTERNAL, retryable=False)
+            return malformed_error(what)
+        return unexpected_error(what, exc)
 
     def _classify_status(self, exc: openai.APIStatusError, what: str) -> AttemptError:
-        status = exc.status_code
-        detail = self._server_message(exc)
+        body = exc.body
+        message = body.get("message") if isinstance(body, dict) else body
+        detail = server_detail(message, [self._api_key])
         suffix = f": {detail}" if detail else ""
-        if status == 429:
-            return AttemptError(f"{what} is rate limited (429){suffix}", kind="rate_limited",
-                                code=grpc.StatusCode.RESOURCE_EXHAUSTED, retryable=True,
-                                retry_after=_retry_after(exc.response.headers))
-        if status in _RETRYABLE_STATUS or status >= 500:
-            return AttemptError(f"{what} is unavailable ({status}){suffix}", kind="unavailable",
-                                code=grpc.StatusCode.UNAVAILABLE, retryable=True,
-                                retry_after=_retry_after(exc.response.headers))
-        if status in (401, 403):
-            return AttemptError(f"{what} refused the credentials ({status}){suffix}",
-                                kind="permission_denied",
-                                code=grpc.StatusCode.PERMISSION_DENIED, retryable=False)
-        if status == 404:
-            return AttemptError(f"{what} was not found ({status}){suffix}", kind="not_found",
-                                code=grpc.StatusCode.NOT_FOUND, retryable=False)
         if exc.code == "content_filter":
             return AttemptError(f"{what} refused the prompt: it was blocked by the content "
                                 f"filter before any answer was generated{suffix}",
                                 kind="blocked", code=grpc.StatusCode.FAILED_PRECONDITION,
                                 retryable=False)
-        if exc.code == "context_length_exceeded" or status == 413:
-            return AttemptError(f"the prompt is too large for {what}{suffix}",
-                                kind="prompt_too_large", code=grpc.StatusCode.INVALID_ARGUMENT,
-                                retryable=False)
-        return AttemptError(f"{what} rejected the request as invalid ({status}){suffix}",
-                            kind="bad_request", code=grpc.StatusCode.INVALID_ARGUMENT,
-                            retryable=False)
-
-    def _server_message(self, exc: openai.APIStatusError) -> str:
-        body = exc.body
-        message = body.get("message") if isinstance(body, dict) else None
-        if not isinstance(message, str):
-            message = body if isinstance(body, str) else ""
-        message = " ".join(message.split())
-        if len(message) > _SERVER_MESSAGE_LIMIT:
-            message = message[:_SERVER_MESSAGE_LIMIT].rstrip() + "..."
-        return scrub(message, [self._api_key])
+        if exc.code == "context_length_exceeded":
+            return prompt_too_large(what, suffix)
+        # 409 too: OpenAI's own clients retry a conflict.
+        return status_error(exc.status_code, what, detail,
+                            retry_after=_retry_after(exc.response.headers),
+                            retryable=RETRYABLE_STATUS | {409})
 
 
 def _retry_after(headers: Any) -> float | None:
