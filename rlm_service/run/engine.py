@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import hashlib
 import json
 import logging
 import secrets
@@ -78,23 +79,24 @@ class CallbackRegistry:
     """Maps each live REPL's secret to the run it belongs to."""
 
     def __init__(self) -> None:
-        self._runs: dict[str, RLMRun] = {}
+        # Keyed by the secret's hash: a dict lookup on what a caller sent then
+        # reveals nothing about the secrets through timing.
+        self._runs: dict[bytes, RLMRun] = {}
 
     def register(self, run: RLMRun) -> str:
         secret = secrets.token_urlsafe(32)
-        self._runs[secret] = run
+        self._runs[_digest(secret)] = run
         return secret
 
     def unregister(self, secret: str) -> None:
-        self._runs.pop(secret, None)
+        self._runs.pop(_digest(secret), None)
 
     def lookup(self, secret: str) -> RLMRun | None:
-        # Compare in constant time against every live secret: no timing oracle.
-        found = None
-        for known, run in list(self._runs.items()):
-            if secrets.compare_digest(known.encode(), secret.encode()):
-                found = run
-        return found
+        return self._runs.get(_digest(secret))
+
+
+def _digest(secret: str) -> bytes:
+    return hashlib.sha256(secret.encode()).digest()
 
 
 class Engine:
@@ -227,6 +229,7 @@ class Request:
         started = time.monotonic()
         outcome = "error"
         sent = False
+        usage: TokenUsage | None = None  # what to account for, once the call is over
 
         def on_attempt() -> None:
             nonlocal sent
@@ -248,31 +251,27 @@ class Request:
                 reply = await backend.generate(model, messages, options,
                                                deadline=self.deadline, on_delta=on_delta,
                                                on_retry=on_retry, on_attempt=on_attempt)
-                outcome = "ok"
+                outcome, usage = "ok", reply.usage
             except ModelError as exc:
-                self._account(model, depth, exc.usage)
+                usage = exc.usage
                 span.set_status(error_status(exc.message))
                 raise
             except asyncio.CancelledError:
                 if sent:
                     # Stopped mid-call (a budget, a cancel): the provider has the
                     # request, so it counts as a call; its tokens are unknown.
-                    self._account(model, depth, TokenUsage())
+                    usage = TokenUsage()
                 raise
             finally:
-                metrics.rlm_model_calls.labels(model=model, depth=str(depth), outcome=outcome).inc()
-                metrics.rlm_model_call_duration_seconds.labels(model=model).observe(time.monotonic() - started)
-        self._account(model, depth, reply.usage)
+                # Recording may trip a budget, which stops the run: last.
+                cost = self.ledger.record(model, depth, usage) if usage is not None else 0.0
+                metrics.observe_model_call(
+                    model, depth, outcome, time.monotonic() - started,
+                    prompt_tokens=usage.prompt_tokens if usage else 0,
+                    output_tokens=usage.output_tokens if usage else 0,
+                    thinking_tokens=usage.thinking_tokens if usage else 0,
+                    cached_tokens=usage.cached_tokens if usage else 0, cost_usd=cost)
         return reply
-
-    def _account(self, model: str, depth: int, usage: Any) -> None:
-        cost = self.ledger.record(model, depth, usage)
-        for kind in ("prompt", "output", "thinking", "cached"):
-            n = getattr(usage, f"{kind}_tokens")
-            if n:
-                metrics.rlm_tokens.labels(model=model, kind=kind).inc(n)
-        if cost:
-            metrics.rlm_cost_usd.labels(model=model).inc(cost)
 
 
 def _with_context(prompt: str, context: Any) -> str:

@@ -76,7 +76,8 @@ def describe_context(context: Any) -> tuple[str, int, str]:
         preview = repr(context[:3])[:PREVIEW_CHARS]
     elif isinstance(context, dict):
         kind = "dict"
-        total = len(repr(context))
+        text = repr(context)  # once: a context can be hundreds of MB
+        total = len(text)
         keys = list(context)
         shown = ", ".join(repr(k) for k in keys[:LENGTHS_SHOWN])
         more = ", ..." if len(keys) > LENGTHS_SHOWN else ""
@@ -84,12 +85,13 @@ def describe_context(context: Any) -> tuple[str, int, str]:
             f"`context` is a dict with {len(keys):,} keys ({total:,} characters as text).",
             f"Keys: {shown}{more}.",
         ]
-        preview = repr(context)[:PREVIEW_CHARS]
+        preview = text[:PREVIEW_CHARS]
     else:
         kind = type(context).__name__
-        total = len(repr(context))
+        text = repr(context)
+        total = len(text)
         lines = [f"`context` is a {kind} ({total:,} characters as text)."]
-        preview = repr(context)[:PREVIEW_CHARS]
+        preview = text[:PREVIEW_CHARS]
     cut = " (cut)" if total > PREVIEW_CHARS else ""
     lines.append(f"Preview{cut}:\n{preview}")
     return kind, total, "\n".join(lines)

@@ -113,7 +113,7 @@ def _to_status_code(value: object) -> grpc.StatusCode | None:
 class _Rpc:
     """Bookkeeping for one RPC: labels, timing, message counts, final code."""
 
-    __slots__ = ("_labels", "_start", "_token", "span")
+    __slots__ = ("_labels", "_received", "_sent", "_start", "_token", "span")
 
     def __init__(
         self,
@@ -142,13 +142,16 @@ class _Rpc:
             if make_current:
                 self._token = otel_context.attach(trace.set_span_in_context(self.span))
         metrics.grpc_server_started.labels(*self._labels).inc()
+        # Bound once: a stream sends hundreds of messages (one per run event).
+        self._received = metrics.grpc_server_msg_received.labels(*self._labels)
+        self._sent = metrics.grpc_server_msg_sent.labels(*self._labels)
         self._start = time.perf_counter()
 
     def received(self, n: int = 1) -> None:
-        metrics.grpc_server_msg_received.labels(*self._labels).inc(n)
+        self._received.inc(n)
 
     def sent(self, n: int = 1) -> None:
-        metrics.grpc_server_msg_sent.labels(*self._labels).inc(n)
+        self._sent.inc(n)
 
     def finish(self, code: grpc.StatusCode, exc: BaseException | None = None) -> None:
         metrics.grpc_server_handling_seconds.labels(*self._labels).observe(
