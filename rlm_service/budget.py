@@ -64,14 +64,6 @@ class Counter:
         self.cached_tokens += usage.cached_tokens
         self.cost_usd += cost
 
-    def merge(self, other: Counter) -> None:
-        self.calls += other.calls
-        self.prompt_tokens += other.prompt_tokens
-        self.output_tokens += other.output_tokens
-        self.thinking_tokens += other.thinking_tokens
-        self.cached_tokens += other.cached_tokens
-        self.cost_usd += other.cost_usd
-
     @property
     def total_tokens(self) -> int:
         return self.prompt_tokens + self.output_tokens + self.thinking_tokens

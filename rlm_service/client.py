@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import grpc
-from google.protobuf import json_format, struct_pb2
+from google.protobuf import json_format
 
 from rlm_service._gen.rlm.v1 import rlm_pb2, rlm_pb2_grpc
 
@@ -90,4 +90,4 @@ class AsyncRLMClient:
         await self.close()
 
 
-__all__ = ["AsyncRLMClient", "RLMClient", "make_request", "struct_pb2"]
+__all__ = ["AsyncRLMClient", "RLMClient", "make_request"]

@@ -151,9 +151,6 @@ class Server:
         shutdown_tracing()
         log.info("rlm-service stopped")
 
-    async def wait(self) -> None:
-        await self._stopped.wait()
-
 
 async def serve(settings: Settings | None = None) -> None:
     """Runs the service until SIGTERM or SIGINT, then shuts down gracefully."""

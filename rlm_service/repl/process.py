@@ -93,7 +93,6 @@ class ReplProcess:
         self._err = _Drain(proc.stderr, limit)
         self._lock = asyncio.Lock()
         self.closed = False
-        self.guest_pid = 0
         # Called with ``answer["content"]`` whenever the running block changes it.
         self.on_partial: Callable[[str], None] | None = None
 
@@ -133,8 +132,7 @@ class ReplProcess:
             raise
         repl = cls(sandbox, proc, run_dir, reader, writer)
         try:
-            ready = await asyncio.wait_for(repl._recv(), START_TIMEOUT)
-            repl.guest_pid = int(ready.get("pid", 0))
+            await asyncio.wait_for(repl._recv(), START_TIMEOUT)  # the "ready" frame
         except BaseException as exc:
             err, _ = repl._err.take()
             await repl.close()

@@ -28,7 +28,6 @@ import shutil
 import stat
 import subprocess
 import sys
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -245,7 +244,3 @@ class Sandbox:
         log.info("sandbox ready", extra={"sandbox_layers": list(self.layers),
                                           "sandbox_python": self.python})
 
-
-def describe(layers: Sequence[str]) -> str:
-    missing = [x for x in ALL_LAYERS if x not in layers]
-    return f"active: {', '.join(layers)}" + (f"; missing: {', '.join(missing)}" if missing else "")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import dataclasses
 import hashlib
 import json
 import logging
@@ -18,7 +19,7 @@ from typing import Any, TypeVar
 import grpc
 
 from rlm_service._gen.rlm.v1 import rlm_pb2
-from rlm_service.budget import Ledger, LimitExceeded, Limits, usage_proto
+from rlm_service.budget import LIMIT_NAMES, Ledger, LimitExceeded, Limits, usage_proto
 from rlm_service.config import Settings
 from rlm_service.models import (
     GenerateOptions,
@@ -169,8 +170,6 @@ class Request:
         return self._child_limiters[depth]
 
     def _on_exceeded(self, exc: LimitExceeded) -> None:
-        from rlm_service.budget import LIMIT_NAMES
-
         metrics.rlm_budget_stops.labels(limit=LIMIT_NAMES.get(exc.reason, "other")).inc()
         log.info("budget stop: %s", exc.detail, extra={"request_id": self.spec.request_id})
         if self.task is not None:
@@ -178,7 +177,7 @@ class Request:
 
     async def execute(self) -> rlm_pb2.FinalAnswer:
         spec = self.spec
-        root = RLMRun(self, depth=0, call_id="", parent_id="", prompt=spec.prompt,
+        root = RLMRun(self, depth=0, call_id="", prompt=spec.prompt,
                       context=spec.context)
         self.task = asyncio.create_task(root.run())
         timer = asyncio.get_running_loop().call_later(
@@ -289,7 +288,6 @@ class RLMRun:
     req: Request
     depth: int
     call_id: str
-    parent_id: str
     prompt: str
     context: Any
     iteration: int = 0
@@ -368,9 +366,7 @@ class RLMRun:
         await self._start_repl()
         messages = [Message("user", prompts.first_message(self.prompt, description))]
         options = spec.root_options if self.depth == 0 else spec.sub_options
-        options = GenerateOptions(temperature=options.temperature,
-                                  thinking_budget=options.thinking_budget,
-                                  system_prompt=prompts.SYSTEM_PROMPT)
+        options = dataclasses.replace(options, system_prompt=prompts.SYSTEM_PROMPT)
         max_iterations = spec.limits.max_iterations
         while self.iteration < max_iterations:
             self.iteration += 1
@@ -528,7 +524,7 @@ class RLMRun:
                 # its own children for one, so nesting cannot deadlock.
                 async with self.req.child_limiter(child_depth):
                     child = RLMRun(self.req, depth=child_depth, call_id=call_id,
-                                   parent_id=self.call_id, prompt=prompt,
+                                   prompt=prompt,
                                    context=context if has_context else prompt)
                     with tracer().start_as_current_span("rlm.sub_rlm"):
                         result = await child.run()

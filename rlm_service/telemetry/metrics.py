@@ -21,10 +21,8 @@ from prometheus_client import REGISTRY, Counter, Gauge, Histogram, start_http_se
 __all__ = [
     "GRPC_LABELS",
     "RUN_OUTCOMES",
-    "TOKEN_KINDS",
     "MetricsServer",
     "RunOutcome",
-    "TokenKind",
     "grpc_server_handled",
     "grpc_server_handling_seconds",
     "grpc_server_msg_received",
@@ -57,8 +55,6 @@ RUN_OUTCOMES: Final[tuple[RunOutcome, ...]] = (
     "cancelled",
     "shutdown",
 )
-TokenKind = Literal["prompt", "output", "thinking", "cached"]
-TOKEN_KINDS: Final[tuple[TokenKind, ...]] = ("prompt", "output", "thinking", "cached")
 REPL_OUTCOMES: Final[tuple[str, ...]] = ("ok", "error", "timeout")
 
 GRPC_LABELS: Final[tuple[str, ...]] = ("grpc_type", "grpc_service", "grpc_method")

@@ -670,7 +670,7 @@ async def test_other_runs_secret_cannot_be_discovered(srv, stub, fake) -> None:
     while not any(victim_marker in r.prompt for r in srv.engine.registry._runs.values()):
         assert time.monotonic() < deadline
         await asyncio.sleep(0.05)
-    victim_secret = next(s for s, r in srv.engine.registry._runs.items()
+    victim_secret = next(r.secret for r in srv.engine.registry._runs.values()
                          if victim_marker in r.prompt)
     try:
         events = await attack(stub, fake, CALLBACK_PROBE + code(r"""
@@ -705,7 +705,7 @@ async def test_other_runs_secret_cannot_be_discovered(srv, stub, fake) -> None:
             """), repl("FINAL(repr(found))"))
         assert victim_secret not in all_text(events)
         assert block(events).stdout.split()[-1:] == ["[]"], block(events)  # none accepted
-        assert victim_secret in srv.engine.registry._runs  # it was live all along
+        assert srv.engine.registry.lookup(victim_secret) is not None  # live all along
     finally:
         release.set()
     victim_events = await asyncio.wait_for(victim, 30)
