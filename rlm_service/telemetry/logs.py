@@ -31,7 +31,6 @@ from pythonjsonlogger.json import JsonFormatter
 __all__ = [
     "REDACTED",
     "CloudLoggingFormatter",
-    "RedactSecretsFilter",
     "add_secret",
     "add_secrets_from",
     "clear_secrets",
@@ -120,37 +119,6 @@ def _redact(value: Any, pattern: re.Pattern[str]) -> Any:
     # render here so that text is redacted too.
     text = str(value)
     return pattern.sub(REDACTED, text) if pattern.search(text) else value
-
-
-class RedactSecretsFilter(logging.Filter):
-    """Redacts secrets from the message and ``extra=`` fields of every record.
-
-    It also caches a redacted traceback in ``exc_text``, which plain
-    ``logging.Formatter``s reuse. CloudLoggingFormatter formats tracebacks
-    itself and redacts its whole output, so both paths are covered.
-    """
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        pattern = _secret_re
-        if pattern is None:
-            return True
-        if isinstance(record.msg, dict):
-            record.msg = _redact(record.msg, pattern)
-        else:
-            try:
-                message = record.getMessage()
-            except Exception:  # a bad format string; let the handler report it
-                return True
-            record.msg = _redact(message, pattern)
-            record.args = None
-        for key, value in list(record.__dict__.items()):
-            if key not in RESERVED_ATTRS:
-                record.__dict__[key] = _redact(value, pattern)
-        if record.exc_info and not record.exc_text:
-            record.exc_text = logging.Formatter().formatException(record.exc_info)
-        if record.exc_text:
-            record.exc_text = _redact(record.exc_text, pattern)
-        return True
 
 
 def _severity(levelno: int) -> str:
@@ -261,7 +229,6 @@ def configure_logging(level: str = "INFO", debug: bool = False) -> None:
     handler = _StdoutHandler(sys.stdout)
     project = os.environ.get("GOOGLE_CLOUD_PROJECT", "").strip() or None
     handler.setFormatter(CloudLoggingFormatter(project=project))
-    handler.addFilter(RedactSecretsFilter())
     root.addHandler(handler)
     root.setLevel(numeric)
     for name in _NOISY_LOGGERS:
