@@ -38,6 +38,8 @@ log = logging.getLogger(__name__)
 
 ALL_LAYERS = ("uid", "namespaces", "readonly-fs", "tmpfs", "rlimits", "no-new-privs")
 PACKAGE_DIR = Path(__file__).resolve().parent.parent
+# The parts of the package the in-sandbox REPL imports (see repl_guest/main.py).
+GUEST_PACKAGE_PARTS = ("__init__.py", "repl_guest", "_gen")
 GUEST_RUN_DIR = "/rlm/run"
 GUEST_SOCKET = "/rlm/callback.sock"
 GUEST_PKG_ROOT = "/opt/rlm/pkg"
@@ -195,7 +197,11 @@ class Sandbox:
             "--size", str(tmp_bytes), "--tmpfs", "/tmp",
             "--size", str(tmp_bytes), "--tmpfs", "/dev/shm",
             "--ro-bind", str(self.site), GUEST_SITE,
-            "--ro-bind", str(PACKAGE_DIR), f"{GUEST_PKG_ROOT}/{PACKAGE_DIR.name}",
+            # Only what the guest imports: model code finds no config, server or
+            # backend modules to poke at.
+            *(arg for part in GUEST_PACKAGE_PARTS for arg in (
+                "--ro-bind", str(PACKAGE_DIR / part),
+                f"{GUEST_PKG_ROOT}/{PACKAGE_DIR.name}/{part}")),
             "--ro-bind", str(run_dir), GUEST_RUN_DIR,
             "--bind", str(self.callback_socket), GUEST_SOCKET,
             # bwrap's own root and /dev are tmpfs with no size cap, writable by the

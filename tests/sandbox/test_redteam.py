@@ -370,6 +370,24 @@ async def test_host_directories_are_absent(srv, stub, fake) -> None:
     await assert_healthy(srv, stub, fake)
 
 
+async def test_only_the_guest_part_of_the_service_is_inside(srv, stub, fake) -> None:
+    events = await attack(stub, fake, """
+        import importlib, os, rlm_service
+        for name in ('rlm_service.config', 'rlm_service.models.gemini', 'rlm_service.server'):
+            try:
+                importlib.import_module(name)
+                print(name, 'imported')
+            except ImportError:
+                print(name, 'missing')
+        print(sorted(os.listdir(os.path.dirname(rlm_service.__file__))))
+        """)
+    lines = block(events).stdout.splitlines()
+    assert lines[:3] == ["rlm_service.config missing", "rlm_service.models.gemini missing",
+                         "rlm_service.server missing"], lines
+    assert ast.literal_eval(lines[3]) == ["__init__.py", "_gen", "repl_guest"]
+    await assert_healthy(srv, stub, fake)
+
+
 # --- the network ------------------------------------------------------------------
 @pytest.mark.parametrize("where", ["server", "metadata", "fake-model", "metrics", "ipv6"])
 async def test_network_is_unreachable(srv, stub, fake, where: str) -> None:
