@@ -157,10 +157,11 @@ async def test_client_cancel_kills_repl(server, stub, fake_gemini: FakeGemini) -
     async for event in call:
         if event.HasField("root_turn"):
             break
-    await asyncio.sleep(0.5)
-    running = busy_repl_pids(server)
     # bwrap, its init, the REPL and the sleep the block started.
-    assert len(running) >= 4, running
+    deadline = time.monotonic() + 10.0
+    while len(running := busy_repl_pids(server)) < 4:
+        assert time.monotonic() < deadline, running
+        await asyncio.sleep(0.05)
     call.cancel()
     deadline = time.monotonic() + 2.0
     while time.monotonic() < deadline and any(os.path.exists(f"/proc/{p}") for p in running):

@@ -126,9 +126,12 @@ def test_sigterm_ends_a_long_run_and_cleans_up(server_proc: StartProc, fake_gemi
     stream = Stream(proc.target(), "MARK-LONG sleep a while")
     try:
         wait_block_running(stream, fake_gemini, "MARK-LONG")
-        sandbox = sandbox_of(proc)
         # The busy REPL plus the pool's replacement, each a bwrap tree.
-        assert len(sandbox & guest_pids(world_tmp)) >= 2, sandbox
+        def two_repls() -> set[int] | None:
+            pids = sandbox_of(proc)
+            return pids if len(pids & guest_pids(world_tmp)) >= 2 else None
+
+        sandbox = wait_for(two_repls, 10)
 
         sigterm_at = time.monotonic()
         proc.terminate()

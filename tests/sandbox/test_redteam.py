@@ -72,6 +72,7 @@ async def srv(fake: FakeGemini) -> AsyncIterator[Server]:
     await server.start()
     try:
         yield server
+        pooled = sandbox_uid_pids()  # the pool's idle REPLs, at least
     finally:
         await server.stop(grace=0)
         for k, v in saved.items():
@@ -79,6 +80,11 @@ async def srv(fake: FakeGemini) -> AsyncIterator[Server]:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+    # Checked here, after every case: nothing of the sandbox outlives the server.
+    deadline = time.monotonic() + 3
+    while sandbox_uid_pids() and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    assert pooled and sandbox_uid_pids() == {}
 
 
 @pytest_asyncio.fixture(loop_scope="module", scope="module")
@@ -747,20 +753,12 @@ async def test_cancel_during_a_block_that_never_returns(srv, stub, fake) -> None
     async for event in call:
         if event.HasField("root_turn"):
             break
-    await asyncio.sleep(0.5)
+    deadline = time.monotonic() + 10.0
+    while not any("sleep 302" in c for c in sandbox_uid_pids().values()):
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.05)
     running = busy_repl_pids(srv)
-    assert any("sleep 302" in c for c in sandbox_uid_pids().values())
     call.cancel()
     assert not await wait_gone(running, 2.0)
     assert not any("sleep 302" in c for c in sandbox_uid_pids().values())
     await assert_healthy(srv, stub, fake)
-
-
-async def test_zz_nothing_of_the_sandbox_outlives_the_server(srv, stub, fake) -> None:
-    await assert_healthy(srv, stub, fake)
-    assert sandbox_uid_pids()  # the pool's idle REPLs
-    await srv.stop(grace=0)
-    deadline = time.monotonic() + 3
-    while sandbox_uid_pids() and time.monotonic() < deadline:
-        await asyncio.sleep(0.05)
-    assert sandbox_uid_pids() == {}
