@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import logging
 import math
-import re
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -18,13 +17,12 @@ from google.protobuf import json_format
 from rlm_service._gen.rlm.v1 import rlm_pb2, rlm_pb2_grpc
 from rlm_service.budget import Limits
 from rlm_service.config import Settings
-from rlm_service.models import GenerateOptions
+from rlm_service.models import GenerateOptions, catalog
 from rlm_service.run.engine import Engine, RunFailed, RunSpec
 from rlm_service.telemetry.logs import request_id_var
 from rlm_service.telemetry.tracing import error_status, tracer
 
 log = logging.getLogger(__name__)
-_MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/@-]{0,127}$")
 Context = grpc.aio.ServicerContext[Any, Any]
 
 
@@ -85,7 +83,7 @@ def build_spec(request: rlm_pb2.CompletionRequest, settings: Settings,
             f"timeout_seconds must be between 0 and {s.max_timeout_seconds:g} (0 = default "
             f"{s.default_timeout_seconds:g})")
     for name, value in (("root_model", request.root_model), ("sub_model", request.sub_model)):
-        if value and not _MODEL_NAME.match(value):
+        if value and not catalog.valid_model_name(value):
             raise InvalidRequest(f"{name} {value[:40]!r} is not a valid model name")
     timeout = request.timeout_seconds or s.default_timeout_seconds
     if deadline_left is not None:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -129,6 +130,16 @@ def _lookup(table: Mapping[str, T], model: str) -> T | None:
     return table[best] if best is not None else None
 
 
+_MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/@-]{0,127}")
+
+
+def valid_model_name(name: str) -> bool:
+    """The shape every provider's model names have. Names come from clients
+    and from REPL code; anything else is refused before it reaches a URL, a
+    metric label or a cache."""
+    return _MODEL_NAME.fullmatch(name) is not None
+
+
 def estimate_tokens(text: str) -> int:
     """Rough token count for budgeting before a call: 4 characters per token, rounded up."""
     return math.ceil(len(text) / 4)
@@ -214,4 +225,5 @@ __all__ = [
     "estimate_tokens",
     "input_limit",
     "price_for",
+    "valid_model_name",
 ]

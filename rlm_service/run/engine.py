@@ -556,6 +556,8 @@ class RLMRun:
         return text, error
 
     async def _llm(self, prompt: str, model: str, depth: int) -> tuple[str, Any, bool]:
+        if not catalog.valid_model_name(model):
+            return f"Error: {model[:40]!r} is not a valid model name.", None, True
         limit = catalog.input_limit(model)
         estimate = catalog.estimate_tokens(prompt)
         if estimate > limit:

@@ -189,3 +189,15 @@ async def test_complete_unary(stub, fake_gemini: FakeGemini) -> None:
     fake_gemini.script("MARK-UNARY", [repl("FINAL(context.upper())")])
     response = await stub.Complete(make_request("MARK-UNARY go", "abc"))
     assert response.answer == "ABC" and response.final.iterations == 1
+
+
+async def test_sub_call_with_a_malformed_model_name_is_refused(stub,
+                                                               fake_gemini: FakeGemini) -> None:
+    fake_gemini.script("MARK-BADMODEL", [
+        repl("print(llm_query('hi', model='../../evil model?'))"), "FINAL(done)"])
+    events = await collect(stub, "MARK-BADMODEL go", "ctx")
+    assert of_kind(events, "code_block")[0].stdout.startswith(
+        "Error: '../../evil model?' is not a valid model name")
+    [finished] = of_kind(events, "sub_call_finished")
+    assert finished.error
+    assert all(r.model == "fake-root" for r in fake_gemini.requests)
