@@ -29,6 +29,8 @@ from typing import Any
 import aiohttp
 import grpc
 import pydantic
+import yarl
+from aiohttp.helpers import get_env_proxy_for_url
 from google import genai
 from google.genai import errors as genai_errors
 from google.genai import types
@@ -68,6 +70,8 @@ _SAFETY_REASONS = {
     "IMAGE_SAFETY": "the model stopped for image safety reasons (IMAGE_SAFETY) before answering",
 }
 _PATH_CACHE_SIZE = 256
+_GEMINI_API_URL = "https://generativelanguage.googleapis.com/"
+_VERTEX_URL = "https://aiplatform.googleapis.com/"
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d*)?)s\s*$")
 
 
@@ -111,11 +115,12 @@ class GeminiBackend:
         # (httpx) walks its whole connection pool on every request, which
         # costs about 1 ms of CPU per call with 64 connections open; aiohttp's
         # connector does not. No aiohttp timeouts: the retry loop owns them.
+        proxy, proxy_auth = _env_proxy(self._base_url or (
+            _VERTEX_URL if self._vertex else _GEMINI_API_URL))
         self._session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=self._pool_size, limit_per_host=0),
             timeout=aiohttp.ClientTimeout(total=None),
-            # HTTPS_PROXY / NO_PROXY, as the SDK's httpx default honoured them.
-            trust_env=True,
+            proxy=proxy, proxy_auth=proxy_auth,
         )
         http_options = types.HttpOptions(
             base_url=self._base_url,
@@ -244,6 +249,16 @@ class GeminiBackend:
         if isinstance(exc, aiohttp.ClientError | OSError):
             return transport_error(what)
         return unexpected_error(what, exc)
+
+
+def _env_proxy(url: str) -> tuple[yarl.URL | None, aiohttp.BasicAuth | None]:
+    """HTTP(S)_PROXY / NO_PROXY for the model endpoint, as the SDK's httpx
+    default honoured them. Read once: aiohttp's ``trust_env`` would look them
+    (and ~/.netrc) up in a worker thread on every request."""
+    try:
+        return get_env_proxy_for_url(yarl.URL(url))
+    except LookupError:
+        return None, None
 
 
 # -- response handling -----------------------------------------------------------------
