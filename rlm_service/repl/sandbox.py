@@ -1,11 +1,13 @@
-"""How a REPL process is isolated: bubblewrap plus an unprivileged uid.
+"""How a REPL process is isolated: bubblewrap plus a uid of its own.
 
 Why bubblewrap: it is a small, maintained, setuid-free tool (used by Flatpak)
 that builds a sandbox from kernel namespaces in one exec, packaged by Debian.
 Each REPL gets:
 
-* ``uid``: a uid/gid of its own from a range no real user has, so it cannot
+* ``uid``: a host uid/gid of its own from a range no real user has, so it cannot
   signal, trace or read the service or other runs (needs the service to be root);
+  without root, ``userns-uid`` stands in: a uid of its own inside a private user
+  namespace, which the host still counts as the service's uid (see docs/security.md);
 * ``namespaces``: new user, PID, network, IPC, UTS and cgroup namespaces (no
   network at all, not even loopback; the callback is a Unix socket bound in);
 * ``readonly-fs``: a fresh root with only ``/usr``, the Python packages and the
@@ -33,10 +35,13 @@ from pathlib import Path
 from typing import Any
 
 from rlm_service.config import Settings
+from rlm_service.repl.bwrap import Bind, sandbox_argv, stage_argv
 
 log = logging.getLogger(__name__)
 
 ALL_LAYERS = ("uid", "namespaces", "readonly-fs", "tmpfs", "rlimits", "no-new-privs")
+# A weaker layer that fills a missing one's place without SANDBOX_ALLOW_MISSING.
+STAND_INS = {"uid": "userns-uid"}
 PACKAGE_DIR = Path(__file__).resolve().parent.parent
 # The parts of the package the in-sandbox REPL imports (see repl_guest/main.py).
 GUEST_PACKAGE_PARTS = ("__init__.py", "repl_guest", "_gen")
@@ -70,6 +75,15 @@ def _world_accessible(path: Path) -> bool:
         return False
 
 
+def _others_may(path: Path, bits: int) -> bool:
+    """Whether a uid with no special rights has ``bits`` on ``path`` itself (the
+    folders above it do not matter once it is mounted into the sandbox)."""
+    try:
+        return os.stat(path).st_mode & bits == bits
+    except OSError:
+        return False
+
+
 def _site_dir() -> Path:
     import grpc
 
@@ -96,17 +110,17 @@ class Sandbox:
 
     # --- planning ---------------------------------------------------------------
     def _pick_python(self) -> str:
+        if self.settings.sandbox_python:
+            return self.settings.sandbox_python
         want = f"python{sys.version_info.major}.{sys.version_info.minor}"
-        candidates = [
-            self.settings.sandbox_python,
-            os.path.realpath(sys.executable),
-            f"/usr/local/bin/{want}",
-            f"/usr/bin/{want}",
-        ]
-        for c in candidates:
-            if c and os.path.exists(c) and (not self.is_root or _world_accessible(Path(c))):
-                return c
-        return os.path.realpath(sys.executable)
+        found = [c for c in (os.path.realpath(sys.executable), f"/usr/local/bin/{want}",
+                             f"/usr/bin/{want}") if os.path.exists(c)]
+        if self.is_root:
+            # Any interpreter the sandbox uid may execute reaches the sandbox; one under
+            # /usr adds nothing to its root, where /root/.pyenv would show up, say.
+            found = [c for c in found if _others_may(Path(c).resolve(), stat.S_IXOTH)]
+            found.sort(key=lambda c: not Path(c).resolve().is_relative_to("/usr"))
+        return found[0] if found else os.path.realpath(sys.executable)
 
     def _plan_layers(self) -> tuple[str, ...]:
         active: list[str] = []
@@ -114,32 +128,59 @@ class Sandbox:
             active += ["namespaces", "readonly-fs", "tmpfs", "no-new-privs"]
         if self.is_root and self.setpriv:
             active.append("uid")
+        elif self.bwrap and not self.is_root:
+            active.append("userns-uid")
         active.append("rlimits")
-        missing = [x for x in ALL_LAYERS if x not in active]
+        missing = [x for x in ALL_LAYERS if x not in active and STAND_INS.get(x) not in active]
         refused = [x for x in missing if x not in self._allowed]
         if refused:
             reasons = {
-                "uid": "the service is not root (or setpriv is missing), so it cannot run "
-                       "REPLs under another uid",
+                "uid": "the service is root but setpriv is missing, so it cannot run REPLs "
+                       "under another uid" if self.is_root else
+                       "the service is not root and bubblewrap is missing",
                 "namespaces": "bubblewrap (bwrap) is not installed",
             }
             why = "; ".join(reasons.get(x, f"{x} unavailable") for x in refused)
             raise SandboxUnavailable(
                 f"sandbox layers missing: {', '.join(refused)} ({why}). Install bubblewrap "
-                "and run as root, or set SANDBOX_ALLOW_MISSING to the layers you accept "
-                "losing (weaker isolation)."
+                "(and util-linux for setpriv), or set SANDBOX_ALLOW_MISSING to the layers "
+                "you accept losing (weaker isolation)."
             )
         if missing:
             log.warning("sandbox running WITHOUT layers %s", ", ".join(missing),
                         extra={"sandbox_layers": active, "sandbox_missing": missing})
-        if "readonly-fs" in active and self.is_root:
-            for p in (Path(self.python), self.site, PACKAGE_DIR):
-                if not _world_accessible(p):
-                    raise SandboxUnavailable(
-                        f"{p} is not readable by the sandbox uid; set SANDBOX_PYTHON to a "
-                        "world-readable interpreter or install the service outside /root"
-                    )
+        if "userns-uid" in active:
+            log.warning("sandbox: the service is not root, so REPLs get a uid of their own "
+                        "only inside their user namespace (userns-uid instead of uid); "
+                        "run as root for a host uid per REPL",
+                        extra={"sandbox_layers": active})
+        self._check_readable(active)
         return tuple(active)
+
+    def _check_readable(self, active: list[str]) -> None:
+        if not self.is_root or "uid" not in active:
+            return
+        if "readonly-fs" in active:
+            # Mounted into the sandbox: only the trees' own permissions count.
+            need = [(Path(self.python).resolve(), stat.S_IXOTH),
+                    (self.site, stat.S_IROTH | stat.S_IXOTH),
+                    *((PACKAGE_DIR / part,
+                       stat.S_IROTH | (stat.S_IXOTH if (PACKAGE_DIR / part).is_dir() else 0))
+                      for part in GUEST_PACKAGE_PARTS)]
+            for p, bits in need:
+                if not _others_may(p, bits):
+                    raise SandboxUnavailable(
+                        f"{p} is not readable by the sandbox uid (mode "
+                        f"{oct(os.stat(p).st_mode & 0o777) if p.exists() else 'missing'}); "
+                        "make it readable by others or set SANDBOX_PYTHON")
+            return
+        # Without bubblewrap the REPL reaches the files through their host paths.
+        for p in (Path(self.python), self.site, PACKAGE_DIR):
+            if not _world_accessible(p):
+                raise SandboxUnavailable(
+                    f"{p} is not readable by the sandbox uid; set SANDBOX_PYTHON to a "
+                    "world-readable interpreter or install the service outside /root"
+                )
 
     def next_uid(self) -> int:
         return self.settings.sandbox_uid_base + next(self._uids) % self.settings.sandbox_uid_count
@@ -150,11 +191,27 @@ class Sandbox:
         return {
             "as_bytes": s.sandbox_memory_mb * 1024 * 1024,
             "cpu_seconds": s.sandbox_cpu_seconds,
-            # RLIMIT_NPROC counts per uid: only meaningful when each run has its own.
-            "processes": s.sandbox_max_processes if "uid" in self.layers else 0,
+            # RLIMIT_NPROC counts per uid within a user namespace: meaningful when each
+            # run has a uid of its own, on the host or in its namespace.
+            "processes": s.sandbox_max_processes
+            if {"uid", "userns-uid"} & set(self.layers) else 0,
             "open_files": s.sandbox_max_open_files,
             "file_bytes": s.sandbox_max_file_mb * 1024 * 1024,
         }
+
+    def _binds(self, run_dir: Path) -> list[Bind]:
+        binds = []
+        prefix = Path(self.python).resolve().parent.parent
+        if not prefix.is_relative_to("/usr"):
+            # Same path: the interpreter finds its libraries by absolute paths.
+            binds.append(Bind(prefix, str(prefix)))
+        binds.append(Bind(self.site, GUEST_SITE))
+        # Only what the guest imports: model code finds no config, server or
+        # backend modules to poke at.
+        binds += [Bind(PACKAGE_DIR / part, f"{GUEST_PKG_ROOT}/{PACKAGE_DIR.name}/{part}")
+                  for part in GUEST_PACKAGE_PARTS]
+        return [*binds, Bind(run_dir, GUEST_RUN_DIR),
+                Bind(self.callback_socket, GUEST_SOCKET, writable=True)]
 
     def launch(self, run_dir: Path, ctrl_fd: int, uid: int) -> Launch:
         guest_args = [
@@ -167,7 +224,8 @@ class Sandbox:
         # setpriv drops to the run's uid after exec. Popen(user=...) would do it in a
         # forked copy of this multi-threaded (gRPC) process instead of a vfork child,
         # which is slower and can crash between fork and exec.
-        drop = ([self.setpriv, f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--"]
+        drop = ([self.setpriv, f"--reuid={uid}", f"--regid={uid}", "--clear-groups",
+                 "--inh-caps=-all", "--"]
                 if "uid" in self.layers and self.setpriv else [])
         if "namespaces" not in self.layers or self.bwrap is None:
             env = {
@@ -177,46 +235,17 @@ class Sandbox:
                 "LANG": "C.UTF-8",
             }
             return Launch([*drop, self.python, *guest_args], env, {**kwargs, "cwd": run_dir})
-        # --disable-userns: no nested user namespace (a fresh "root" with mount rights
-        # inside); it needs an explicit --unshare-user.
-        argv = [*drop, self.bwrap, "--unshare-all", "--unshare-user", "--disable-userns",
-                "--die-with-parent", "--new-session", "--ro-bind", "/usr", "/usr"]
-        for name in ("bin", "lib", "lib64", "lib32", "sbin"):
-            p = Path("/") / name
-            if p.is_symlink():
-                argv += ["--symlink", os.readlink(p), str(p)]
-            elif p.is_dir():
-                argv += ["--ro-bind", str(p), str(p)]
-        prefix = Path(self.python).resolve().parent.parent
-        if not str(prefix).startswith("/usr"):
-            argv += ["--ro-bind", str(prefix), str(prefix)]
         tmp_bytes = self.settings.sandbox_tmp_mb * 1024 * 1024
-        argv += [
-            "--proc", "/proc",
-            "--dev", "/dev",
-            "--size", str(tmp_bytes), "--tmpfs", "/tmp",
-            "--size", str(tmp_bytes), "--tmpfs", "/dev/shm",
-            "--ro-bind", str(self.site), GUEST_SITE,
-            # Only what the guest imports: model code finds no config, server or
-            # backend modules to poke at.
-            *(arg for part in GUEST_PACKAGE_PARTS for arg in (
-                "--ro-bind", str(PACKAGE_DIR / part),
-                f"{GUEST_PKG_ROOT}/{PACKAGE_DIR.name}/{part}")),
-            "--ro-bind", str(run_dir), GUEST_RUN_DIR,
-            "--bind", str(self.callback_socket), GUEST_SOCKET,
-            # bwrap's own root and /dev are tmpfs with no size cap, writable by the
-            # sandbox uid: read-only, so /tmp and /dev/shm (capped) are the only space.
-            "--remount-ro", "/dev",
-            "--remount-ro", "/",
-            "--chdir", "/tmp",
-            "--clearenv",
-            "--setenv", "PYTHONPATH", f"{GUEST_PKG_ROOT}:{GUEST_SITE}",
-            "--setenv", "HOME", "/tmp",
-            "--setenv", "PATH", "/usr/bin:/bin",
-            "--setenv", "LANG", "C.UTF-8",
-            "--",
-            self.python, *guest_args,
-        ]
+        binds = self._binds(run_dir)
+        if drop:
+            staged = [Bind(Path(b.dest), b.dest, b.writable) for b in binds]
+            argv = [*stage_argv(self.bwrap, binds), *drop,
+                    *sandbox_argv(self.bwrap, staged, tmp_bytes, None)]
+        else:
+            argv = sandbox_argv(self.bwrap, binds, tmp_bytes,
+                                uid if "userns-uid" in self.layers else None)
+        argv += ["--setenv", "PYTHONPATH", f"{GUEST_PKG_ROOT}:{GUEST_SITE}",
+                 "--", self.python, *guest_args]
         return Launch(argv, {}, kwargs)
 
     def guest_paths(self, run_dir: Path) -> tuple[str, str]:
