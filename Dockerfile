@@ -41,17 +41,16 @@ RUN groupadd --system --gid 10001 rlm \
 # Same path as in the builder: the venv's interpreter symlinks stay valid.
 COPY --from=builder /opt/venv /opt/venv
 
-# SANDBOX_ALLOW_MISSING=uid: the sandbox's "uid" layer (one throw-away uid
-# per REPL) needs the server to be root. This image runs as a non-root user
-# instead and relies on bubblewrap's user/PID namespaces to keep REPLs away
-# from the server process. To get the uid layer too, build with the USER line
-# removed and set SANDBOX_ALLOW_MISSING= (empty); see docs/operations.md.
+# The sandbox's "uid" layer (one throw-away host uid per REPL) needs the
+# server to be root. This image runs as a non-root user instead, so each REPL
+# gets "userns-uid" (a uid of its own inside its user namespace) and bubblewrap's
+# user/PID namespaces keep it away from the server process. For the uid layer
+# too, run as root (--user 0); see docs/operations.md and docs/security.md.
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     PORT=8080 \
-    METRICS_PORT=9090 \
-    SANDBOX_ALLOW_MISSING=uid
+    METRICS_PORT=9090
 
 WORKDIR /home/rlm
 USER 10001:10001

@@ -143,17 +143,22 @@ def rss_kb(pid: int | str = "self") -> int:
 
 
 def sandbox_uid_pids() -> dict[int, str]:
-    """Live processes owned by this module's sandbox uid range, with their cmdlines."""
+    """Live processes of this module's sandbox uid range, with their cmdlines: owned by
+    it on the host (root: the uid layer), or mapped to it in their user namespace (not
+    root: userns-uid, whose processes the host sees as ours)."""
     found = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
         try:
             uid = os.stat(f"/proc/{entry}").st_uid
+            if uid == os.getuid() != 0:
+                with open(f"/proc/{entry}/uid_map") as f:
+                    uid = int(f.read().split()[0])
             if UID_BASE <= uid < UID_BASE + UID_COUNT:
                 with open(f"/proc/{entry}/cmdline", "rb") as f:
                     found[int(entry)] = f.read().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
+        except (OSError, IndexError, ValueError):
             continue
     return found
 
