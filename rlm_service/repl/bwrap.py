@@ -1,7 +1,7 @@
 """The bubblewrap command lines of a REPL launch.
 
 As root a REPL runs under a host uid of its own, and that uid cannot walk into a 0700
-home or ``/root``, where the venv, the package or the interpreter often live. So a root
+home or ``/root``, where the venv, the package or the interpreter often live. Then a root
 launch has two stages: a root bwrap (``stage_argv``) mounts each of them at a fixed path
 in a fresh root whose parent folders it creates world-searchable, ``setpriv`` drops to
 the run's uid, and the sandbox bwrap (``sandbox_argv``) binds those fixed paths. The

@@ -75,6 +75,14 @@ def _world_accessible(path: Path) -> bool:
         return False
 
 
+def _folders_open(path: Path) -> bool:
+    """Whether a uid with no special rights can walk the folders down to ``path``."""
+    try:
+        return all(os.stat(p).st_mode & stat.S_IXOTH for p in path.resolve().parents)
+    except OSError:
+        return False
+
+
 def _others_may(path: Path, bits: int) -> bool:
     """Whether a uid with no special rights has ``bits`` on ``path`` itself (the
     folders above it do not matter once it is mounted into the sandbox)."""
@@ -107,6 +115,11 @@ class Sandbox:
         self.python = self._pick_python()
         self.site = _site_dir()
         self.layers = self._plan_layers()
+        # Root, with something under a folder the run's uid cannot walk (a 0700 home,
+        # /root): a root bubblewrap mounts it first. Only then, since that stage needs
+        # CAP_SYS_ADMIN, which root in a container usually lacks.
+        self.staged = "uid" in self.layers and "readonly-fs" in self.layers and not all(
+            _folders_open(b.source) for b in self._binds(runtime_dir / "runs" / "any"))
 
     # --- planning ---------------------------------------------------------------
     def _pick_python(self) -> str:
@@ -237,13 +250,13 @@ class Sandbox:
             return Launch([*drop, self.python, *guest_args], env, {**kwargs, "cwd": run_dir})
         tmp_bytes = self.settings.sandbox_tmp_mb * 1024 * 1024
         binds = self._binds(run_dir)
-        if drop:
+        if drop and self.staged:
             staged = [Bind(Path(b.dest), b.dest, b.writable) for b in binds]
             argv = [*stage_argv(self.bwrap, binds), *drop,
                     *sandbox_argv(self.bwrap, staged, tmp_bytes, None)]
         else:
-            argv = sandbox_argv(self.bwrap, binds, tmp_bytes,
-                                uid if "userns-uid" in self.layers else None)
+            argv = [*drop, *sandbox_argv(self.bwrap, binds, tmp_bytes,
+                                         uid if "userns-uid" in self.layers else None)]
         argv += ["--setenv", "PYTHONPATH", f"{GUEST_PKG_ROOT}:{GUEST_SITE}",
                  "--", self.python, *guest_args]
         return Launch(argv, {}, kwargs)
@@ -275,7 +288,12 @@ class Sandbox:
         if r.returncode != 0:
             raise SandboxUnavailable(
                 f"sandbox probe failed (exit {r.returncode}): {r.stderr.strip()[-500:]}"
+                + (" (the venv, the package or the interpreter is under a folder the sandbox "
+                   "uid cannot enter, so a root bubblewrap mounts them first, which needs "
+                   "CAP_SYS_ADMIN; or install them under world-readable folders)"
+                   if self.staged else "")
             )
         log.info("sandbox ready", extra={"sandbox_layers": list(self.layers),
-                                          "sandbox_python": self.python})
+                                          "sandbox_python": self.python,
+                                          "sandbox_staged": self.staged})
 

@@ -179,6 +179,8 @@ def test_root_serves_from_a_clone_under_a_0700_folder(
         assert rest == "secret=FileNotFoundError kill=ProcessLookupError", rest
         ready = server.wait_log("rlm-service listening")
         assert "uid" in ready["sandbox_layers"] and "readonly-fs" in ready["sandbox_layers"]
+        # The sandbox uid cannot walk into the clone: a root stage mounted it.
+        assert server.wait_log("sandbox ready")["sandbox_staged"] is True
         # The mounts come from the clone; on the host the guest runs under its own uid.
         assert guest_pids(under=clone)
         uids = host_uids_of_repls(server)
@@ -246,6 +248,7 @@ def test_non_root_user_serves_from_their_0700_home(
             ready = server.wait_log("rlm-service listening")
             assert "userns-uid" in ready["sandbox_layers"], ready
             assert "uid" not in ready["sandbox_layers"]
+            assert server.wait_log("sandbox ready")["sandbox_staged"] is False
             # A uid of its own in its namespace; neither the service's unmounted files
             # nor its process are within reach.
             assert seen_uid != uid and UID_BASE <= seen_uid < UID_BASE + UID_COUNT, seen_uid
