@@ -34,7 +34,7 @@ UID_BASE, UID_COUNT = 200_000, 10_000  # Settings' defaults
 PY = f"python{sys.version_info.major}.{sys.version_info.minor}"
 SITE = Path(grpc.__file__).resolve().parent.parent
 # This checkout's own install; the clone gets its own .pth instead.
-NOT_LINKED = ("__editable__", "rlm_service", "__pycache__")
+NOT_LINKED = ("__editable__", "rlm_service", "__pycache__", "rlm-clone.pth")
 
 
 def _git(*args: str, **kwargs: object) -> subprocess.CompletedProcess[bytes]:
@@ -87,6 +87,8 @@ def make_venv(python: str, clone: Path) -> Path:
                             dirs_exist_ok=True)
         else:
             _link_or_copy(str(entry), str(site / entry.name))
+    # A new file: writing through a hard link would change this venv's too.
+    (site / "rlm-clone.pth").unlink(missing_ok=True)
     (site / "rlm-clone.pth").write_text(f"{clone}\n")
     return venv / "bin" / "python"
 
