@@ -8,7 +8,7 @@ import logging
 import math
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
 import grpc
@@ -168,7 +168,7 @@ class RLMServicer(rlm_pb2_grpc.RLMServiceServicer):
 
 
 async def stream_events(engine: Engine, settings: Settings, slots: asyncio.Semaphore,
-                        spec: RunSpec) -> AsyncIterator[rlm_pb2.CompletionEvent]:
+                        spec: RunSpec) -> AsyncGenerator[rlm_pb2.CompletionEvent, None]:
     """Runs the request and yields its events; the last one is final_answer or error.
 
     Both faces (gRPC and HTTP) stream through here, so every event gets its seq and
