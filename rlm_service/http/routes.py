@@ -33,11 +33,26 @@ async def _read_request(request: web.Request) -> rlm_pb2.CompletionRequest:
         raise BadBody("the body must be a JSON object such as {\"prompt\": \"...\"}")
     if not isinstance(body.get("prompt"), str):
         raise BadBody("prompt is required and must be a string")
+    _reject_bools(body, rlm_pb2.CompletionRequest.DESCRIPTOR)
     try:
         return json_format.ParseDict(body, rlm_pb2.CompletionRequest(),
                                      ignore_unknown_fields=True)
     except json_format.ParseError as exc:
         raise BadBody(f"invalid request: {exc}") from None
+
+
+def _reject_bools(body: dict[str, Any], descriptor: Any) -> None:
+    """json_format takes true/false for numbers (bool is an int in Python); refuse it."""
+    for key, value in body.items():
+        field = descriptor.fields_by_name.get(key) or next(
+            (f for f in descriptor.fields if f.json_name == key), None)
+        if field is None:
+            continue
+        if field.message_type is not None and isinstance(value, dict) \
+                and field.message_type.full_name.startswith("rlm."):
+            _reject_bools(value, field.message_type)
+        elif isinstance(value, bool) and field.type != field.TYPE_BOOL:
+            raise BadBody(f"{key} must be a number, not {str(value).lower()}")
 
 
 async def _spec(request: web.Request) -> Any:
