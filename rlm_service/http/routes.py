@@ -42,15 +42,17 @@ async def _read_request(request: web.Request) -> rlm_pb2.CompletionRequest:
 
 
 def _reject_bools(body: dict[str, Any], descriptor: Any) -> None:
-    """json_format takes true/false for numbers (bool is an int in Python); refuse it."""
+    """json_format takes true/false for numbers (bool is an int in Python) and a string
+    for a message; refuse both."""
     for key, value in body.items():
         field = descriptor.fields_by_name.get(key) or next(
             (f for f in descriptor.fields if f.json_name == key), None)
         if field is None:
             continue
-        if field.message_type is not None and isinstance(value, dict) \
-                and field.message_type.full_name.startswith("rlm."):
-            _reject_bools(value, field.message_type)
+        if field.message_type is not None and field.message_type.full_name.startswith("rlm."):
+            if value is not None and not isinstance(value, dict):
+                raise BadBody(f"{key} must be an object")
+            _reject_bools(value or {}, field.message_type)
         elif isinstance(value, bool) and field.type != field.TYPE_BOOL:
             raise BadBody(f"{key} must be a number, not {str(value).lower()}")
 
