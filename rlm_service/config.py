@@ -23,6 +23,9 @@ class Settings(BaseSettings):
     host: str = "[::]"
     max_message_bytes: int = Field(256 * 1024 * 1024, ge=4 * 1024 * 1024)
     metrics_port: int = Field(9090, ge=0, le=65535)
+    # The HTTP/JSON face and progress page; -1 turns it off.
+    http_port: int = Field(8081, ge=-1, le=65535)
+    http_host: str = "0.0.0.0"
     shutdown_grace_seconds: float = Field(8.0, ge=0)
     heartbeat_seconds: float = Field(15.0, gt=0)
     max_concurrent_runs: int = Field(32, ge=1)

@@ -19,6 +19,7 @@ from grpc_reflection.v1alpha import reflection
 from rlm_service._gen.rlm.v1 import rlm_pb2, rlm_pb2_grpc
 from rlm_service.callback import start_callback_server
 from rlm_service.config import Settings
+from rlm_service.http import HttpFace, start_http_face
 from rlm_service.models import ModelBackend, build_backends
 from rlm_service.repl import ReplPool, Sandbox
 from rlm_service.run.engine import CallbackRegistry, Engine
@@ -38,6 +39,8 @@ class Server:
         self.settings = settings
         self.port = 0
         self.metrics_port = 0
+        self.http_port = 0
+        self._http: HttpFace | None = None
         self._grpc: grpc.aio.Server | None = None
         self._callback: grpc.aio.Server | None = None
         self._pool: ReplPool | None = None
@@ -95,6 +98,9 @@ class Server:
         if self.port == 0:
             raise RuntimeError(f"could not listen on {s.host}:{s.port}")
         await self._grpc.start()
+        if s.http_port >= 0:
+            self._http = await start_http_face(self.servicer, s)
+            self.http_port = self._http.port
         if s.metrics_port >= 0:
             self._metrics = metrics.start_metrics_server(s.metrics_host, s.metrics_port)
             self.metrics_port = self._metrics.port
@@ -102,7 +108,7 @@ class Server:
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         self._gauges = asyncio.create_task(self._update_gauges())
         log.info("rlm-service listening", extra={
-            "port": self.port, "metrics_port": self.metrics_port,
+            "port": self.port, "metrics_port": self.metrics_port, "http_port": self.http_port,
             "sandbox_layers": list(self.sandbox.layers),
             "root_backend": s.rlm_backend, "sub_backend": s.sub_backend,
         })
@@ -133,6 +139,8 @@ class Server:
         if self._grpc is not None:
             # Lets the ended runs send their final error event.
             await self._grpc.stop(grace=1.0)
+        if self._http is not None:
+            await self._http.stop()
         if self._gauges is not None:
             self._gauges.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -8,7 +8,7 @@ import logging
 import math
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
 import grpc
@@ -126,71 +126,27 @@ class RLMServicer(rlm_pb2_grpc.RLMServiceServicer):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
             raise AssertionError("unreachable") from exc
 
+    @property
+    def slots(self) -> asyncio.Semaphore:
+        """The run-slot queue, shared with the HTTP face."""
+        return self._slots
+
     async def _events(self, spec: RunSpec,
                       context: Context) -> AsyncIterator[rlm_pb2.CompletionEvent]:
-        """Runs the request and yields its events; the last one is final_answer or error."""
-        queue: asyncio.Queue[rlm_pb2.CompletionEvent | None] = asyncio.Queue()
-        failure: list[RunFailed] = []
-
-        async def runner() -> None:
-            try:
-                # Waiting for a slot happens here, so the stream heartbeats meanwhile.
-                async with self._slots:
-                    final = await self.engine.run(spec, queue.put_nowait)
-                queue.put_nowait(rlm_pb2.CompletionEvent(final_answer=final))
-            except RunFailed as exc:
-                failure.append(exc)
-            except asyncio.CancelledError:
-                me = asyncio.current_task()
-                if me is not None and me.cancelling():
-                    raise
-                failure.append(RunFailed(grpc.StatusCode.UNAVAILABLE,
-                                         "the server is shutting down; the run was stopped"))
-            except Exception:
-                log.exception("run failed unexpectedly")
-                failure.append(RunFailed(grpc.StatusCode.INTERNAL,
-                                         "internal error; the run was stopped"))
-            finally:
-                if failure:
-                    queue.put_nowait(rlm_pb2.CompletionEvent(error=rlm_pb2.RunError(
-                        code=failure[0].code.name, message=failure[0].message)))
-                queue.put_nowait(None)
-
-        request_id_var.set(spec.request_id)
-        # Nested under the interceptor's server span, which carries the caller's traceparent.
-        with tracer().start_as_current_span("rlm.request", attributes={
-            "rlm.request_id": spec.request_id,
-        }) as span:
-            task = asyncio.create_task(runner())
-            try:
-                while True:
-                    try:
-                        async with asyncio.timeout(self.settings.heartbeat_seconds):
-                            event = await queue.get()
-                    except TimeoutError:
-                        yield rlm_pb2.CompletionEvent(heartbeat=rlm_pb2.Heartbeat(
-                            elapsed_seconds=time.monotonic() - spec.received))
-                        continue
-                    if event is None:
-                        break
-                    yield event
-            except (asyncio.CancelledError, GeneratorExit):
-                # GeneratorExit: the interceptor closes this generator when the cancel
-                # lands while it is writing an event, outside the generator.
-                log.info("client cancelled the run", extra={"request_id": spec.request_id})
-                span.set_status(error_status("cancelled by client"))
-                raise
-            finally:
-                if not task.done():
-                    task.cancel()
-                with contextlib.suppress(BaseException):
-                    await task
-            if failure:
-                span.set_status(error_status(failure[0].message))
-        if failure:
-            # Outside the span: abort() raises AbortError, which the span would otherwise
-            # record, overwriting the run's error with "AbortError: Locally aborted.".
-            await context.abort(failure[0].code, failure[0].message)
+        """Yields the run's events; a failed run then ends the RPC with its status."""
+        error: rlm_pb2.RunError | None = None
+        # aclosing: when this generator is closed, the run's generator closes (and
+        # cancels the run) now, not whenever it is garbage-collected.
+        async with contextlib.aclosing(
+                stream_events(self.engine, self.settings, self._slots, spec)) as events:
+            async for event in events:
+                if event.HasField("error"):
+                    error = event.error
+                yield event
+        if error is not None:
+            # Outside the run's span: abort() raises AbortError, which the span would
+            # otherwise record, overwriting the run's error with "Locally aborted.".
+            await context.abort(grpc.StatusCode[error.code], error.message)
 
     async def StreamCompletion(self, request: rlm_pb2.CompletionRequest,
                                context: Context) -> AsyncIterator[rlm_pb2.CompletionEvent]:
@@ -209,3 +165,72 @@ class RLMServicer(rlm_pb2_grpc.RLMServiceServicer):
             await context.abort(grpc.StatusCode.INTERNAL, "the run ended without an answer")
             raise AssertionError("unreachable")
         return rlm_pb2.CompletionResponse(answer=final.answer, final=final)
+
+
+async def stream_events(engine: Engine, settings: Settings, slots: asyncio.Semaphore,
+                        spec: RunSpec) -> AsyncGenerator[rlm_pb2.CompletionEvent, None]:
+    """Runs the request and yields its events; the last one is final_answer or error.
+
+    Both faces (gRPC and HTTP) stream through here, so every event gets its seq and
+    time in this one place. Closing the iterator early cancels the run."""
+    queue: asyncio.Queue[rlm_pb2.CompletionEvent | None] = asyncio.Queue()
+    failure: list[RunFailed] = []
+
+    async def runner() -> None:
+        try:
+            # Waiting for a slot happens here, so the stream heartbeats meanwhile.
+            async with slots:
+                final = await engine.run(spec, queue.put_nowait)
+            queue.put_nowait(rlm_pb2.CompletionEvent(final_answer=final))
+        except RunFailed as exc:
+            failure.append(exc)
+        except asyncio.CancelledError:
+            me = asyncio.current_task()
+            if me is not None and me.cancelling():
+                raise
+            failure.append(RunFailed(grpc.StatusCode.UNAVAILABLE,
+                                     "the server is shutting down; the run was stopped"))
+        except Exception:
+            log.exception("run failed unexpectedly")
+            failure.append(RunFailed(grpc.StatusCode.INTERNAL,
+                                     "internal error; the run was stopped"))
+        finally:
+            if failure:
+                queue.put_nowait(rlm_pb2.CompletionEvent(error=rlm_pb2.RunError(
+                    code=failure[0].code.name, message=failure[0].message)))
+            queue.put_nowait(None)
+
+    request_id_var.set(spec.request_id)
+    seq = 0
+    # Nested under the face's server span, which carries the caller's traceparent.
+    with tracer().start_as_current_span("rlm.request", attributes={
+        "rlm.request_id": spec.request_id,
+    }) as span:
+        task = asyncio.create_task(runner())
+        try:
+            while True:
+                try:
+                    async with asyncio.timeout(settings.heartbeat_seconds):
+                        event = await queue.get()
+                except TimeoutError:
+                    event = rlm_pb2.CompletionEvent(heartbeat=rlm_pb2.Heartbeat(
+                        elapsed_seconds=time.monotonic() - spec.received))
+                if event is None:
+                    break
+                seq += 1
+                event.seq = seq
+                event.time.GetCurrentTime()
+                yield event
+        except (asyncio.CancelledError, GeneratorExit):
+            # GeneratorExit: the interceptor closes this generator when the cancel
+            # lands while it is writing an event, outside the generator.
+            log.info("client cancelled the run", extra={"request_id": spec.request_id})
+            span.set_status(error_status("cancelled by client"))
+            raise
+        finally:
+            if not task.done():
+                task.cancel()
+            with contextlib.suppress(BaseException):
+                await task
+        if failure:
+            span.set_status(error_status(failure[0].message))

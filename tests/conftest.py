@@ -29,6 +29,7 @@ def fake_gemini() -> Iterator[FakeGemini]:
 def make_settings(fake: FakeGemini, **overrides: Any) -> Settings:
     values: dict[str, Any] = {
         "port": 0, "host": "127.0.0.1", "metrics_port": 0,
+        "http_port": 0, "http_host": "127.0.0.1",
         "gemini_api_key": API_KEY, "gemini_base_url": fake.base_url,
         "gemini_model_name": ROOT_MODEL, "gemini_sub_model_name": SUB_MODEL,
         "sandbox_pool_size": 1, "model_retry_base_seconds": 0.01,

@@ -32,6 +32,8 @@ __all__ = [
     "rlm_active_runs",
     "rlm_budget_stops",
     "rlm_cost_usd",
+    "rlm_http_request_duration_seconds",
+    "rlm_http_requests",
     "rlm_model_call_duration_seconds",
     "rlm_model_calls",
     "rlm_model_retries",
@@ -104,6 +106,19 @@ grpc_server_msg_sent = Counter(
     "grpc_server_msg_sent",
     "Response messages sent by the server.",
     GRPC_LABELS,
+)
+
+# --- HTTP face (the Go service's names, so its Grafana dashboard keeps working) --
+rlm_http_requests = Counter(
+    "rlm_http_requests",
+    "HTTP requests on the HTTP face by method, route template and status code.",
+    ("method", "path", "code"),
+)
+rlm_http_request_duration_seconds = Histogram(
+    "rlm_http_request_duration_seconds",
+    "Time to answer an HTTP request (a whole stream for SSE), in seconds.",
+    ("method", "path"),
+    buckets=_RPC_BUCKETS,
 )
 
 # --- RLM runs ---------------------------------------------------------------

@@ -7,6 +7,7 @@ from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf import struct_pb2 as _struct_pb2
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 import builtins as _builtins
@@ -683,6 +684,12 @@ class CompletionEvent(_message.Message):
     NOTICE_FIELD_NUMBER: _builtins.int
     FINAL_ANSWER_FIELD_NUMBER: _builtins.int
     ERROR_FIELD_NUMBER: _builtins.int
+    SEQ_FIELD_NUMBER: _builtins.int
+    TIME_FIELD_NUMBER: _builtins.int
+    seq: _builtins.int
+    """Position of this event in its request's stream: 1, 2, 3, ... with no gaps,
+    so a client (or a saved run) can order events and notice a lost one.
+    """
     @_builtins.property
     def run_started(self) -> Global___RunStarted: ...
     @_builtins.property
@@ -703,6 +710,10 @@ class CompletionEvent(_message.Message):
     def final_answer(self) -> Global___FinalAnswer: ...
     @_builtins.property
     def error(self) -> Global___RunError: ...
+    @_builtins.property
+    def time(self) -> _timestamp_pb2.Timestamp:
+        """When the server emitted the event."""
+
     def __init__(
         self,
         *,
@@ -716,10 +727,12 @@ class CompletionEvent(_message.Message):
         notice: Global___Notice | None = ...,
         final_answer: Global___FinalAnswer | None = ...,
         error: Global___RunError | None = ...,
+        seq: _builtins.int = ...,
+        time: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["code_block", b"code_block", "error", b"error", "event", b"event", "final_answer", b"final_answer", "heartbeat", b"heartbeat", "notice", b"notice", "root_text_delta", b"root_text_delta", "root_turn", b"root_turn", "run_started", b"run_started", "sub_call_finished", b"sub_call_finished", "sub_call_started", b"sub_call_started"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["code_block", b"code_block", "error", b"error", "event", b"event", "final_answer", b"final_answer", "heartbeat", b"heartbeat", "notice", b"notice", "root_text_delta", b"root_text_delta", "root_turn", b"root_turn", "run_started", b"run_started", "sub_call_finished", b"sub_call_finished", "sub_call_started", b"sub_call_started", "time", b"time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["code_block", b"code_block", "error", b"error", "event", b"event", "final_answer", b"final_answer", "heartbeat", b"heartbeat", "notice", b"notice", "root_text_delta", b"root_text_delta", "root_turn", b"root_turn", "run_started", b"run_started", "sub_call_finished", b"sub_call_finished", "sub_call_started", b"sub_call_started"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["code_block", b"code_block", "error", b"error", "event", b"event", "final_answer", b"final_answer", "heartbeat", b"heartbeat", "notice", b"notice", "root_text_delta", b"root_text_delta", "root_turn", b"root_turn", "run_started", b"run_started", "seq", b"seq", "sub_call_finished", b"sub_call_finished", "sub_call_started", b"sub_call_started", "time", b"time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["run_started", "root_turn", "root_text_delta", "code_block", "sub_call_started", "sub_call_finished", "heartbeat", "notice", "final_answer", "error"]  # noqa: Y015
     _WhichOneofArgType_event: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
