@@ -117,8 +117,6 @@ class _Output:
             return
         if state.answer is not None:
             print(state.answer, flush=True)
-        elif state.error_code and not state.events:
-            print(f"error: {state.error_code}: {state.error_message}", file=sys.stderr)
         print(state.summary, file=sys.stderr, flush=True)
 
 
