@@ -31,8 +31,8 @@ from typing import Any
 
 import grpc
 
+from rlm_client import make_request
 from rlm_service._gen.rlm.v1 import rlm_pb2_grpc
-from rlm_service.client import make_request
 from rlm_service.server import Server
 
 MARK = "MARK-BENCH"

@@ -34,8 +34,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import grpc
 
+from rlm_client import make_request
 from rlm_service._gen.rlm.v1 import rlm_pb2_grpc
-from rlm_service.client import make_request
 from rlm_service.config import Settings
 from rlm_service.models import GenerateOptions, Message
 from rlm_service.server import Server

@@ -1,6 +1,6 @@
 """rlm-service: Recursive Language Model runs as a streaming gRPC service.
 
-The public API is re-exported here lazily, so that the sandboxed REPL (which
+The server API is re-exported here lazily, so that the sandboxed REPL (which
 imports ``rlm_service.repl_guest``) does not load the service's modules.
 """
 
@@ -8,16 +8,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-__all__ = ["AsyncRLMClient", "RLMClient", "Settings", "serve"]
+__all__ = ["Settings", "serve"]
 
 if TYPE_CHECKING:
-    from rlm_service.client import AsyncRLMClient, RLMClient
     from rlm_service.config import Settings
     from rlm_service.server import serve
 
 _LOCATIONS = {
-    "AsyncRLMClient": "rlm_service.client",
-    "RLMClient": "rlm_service.client",
     "Settings": "rlm_service.config",
     "serve": "rlm_service.server",
 }

@@ -14,13 +14,13 @@ from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
 from rlm_service._gen.rlm.v1 import rlm_pb2, rlm_pb2_grpc
 from rlm_service.callback import start_callback_server
 from rlm_service.config import Settings
 from rlm_service.http import HttpFace, start_http_face
 from rlm_service.models import ModelBackend, build_backends
+from rlm_service.reflection import enable_reflection
 from rlm_service.repl import ReplPool, Sandbox
 from rlm_service.run.engine import CallbackRegistry, Engine
 from rlm_service.servicer import RLMServicer
@@ -91,9 +91,8 @@ class Server:
         self._grpc = grpc.aio.server(interceptors=[MetricsInterceptor()], options=options)
         rlm_pb2_grpc.add_RLMServiceServicer_to_server(self.servicer, self._grpc)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._grpc)
-        reflection.enable_server_reflection(
-            (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-             reflection.SERVICE_NAME), self._grpc)
+        enable_reflection(self._grpc, (
+            SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name))
         self.port = self._grpc.add_insecure_port(f"{s.host}:{s.port}")
         if self.port == 0:
             raise RuntimeError(f"could not listen on {s.host}:{s.port}")

@@ -9,8 +9,8 @@ from typing import Any
 import grpc
 import pytest
 
+from rlm_client import make_request
 from rlm_service._gen.rlm.v1 import rlm_pb2, rlm_pb2_grpc
-from rlm_service.client import make_request
 from rlm_service.config import Settings
 from rlm_service.server import Server
 from tests.fakes.gemini import FakeGemini

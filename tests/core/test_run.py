@@ -9,8 +9,8 @@ import time
 import grpc
 import pytest
 
+from rlm_client import make_request
 from rlm_service._gen.rlm.v1 import rlm_pb2
-from rlm_service.client import make_request
 from tests.conftest import busy_repl_pids, collect, final_of, of_kind, repl
 from tests.fakes.gemini import FakeGemini
 

@@ -6,8 +6,8 @@ import grpc
 import pytest
 from google.protobuf import struct_pb2
 
+from rlm_client import make_request
 from rlm_service._gen.rlm.v1 import rlm_pb2
-from rlm_service.client import make_request
 from tests.conftest import collect, final_of, repl
 from tests.fakes.gemini import FakeGemini
 

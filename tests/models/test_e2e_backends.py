@@ -74,7 +74,7 @@ async def test_sub_call_refusal_becomes_a_message_to_the_model(
 async def test_root_safety_block_is_a_clean_error_event(stub, fake_gemini: FakeGemini) -> None:
     import grpc
 
-    from rlm_service.client import make_request
+    from rlm_client import make_request
 
     fake_gemini.inject(Fault.SAFETY, count=1, model="fake-root")
     events = []

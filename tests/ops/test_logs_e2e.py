@@ -19,8 +19,8 @@ import grpc
 import pytest
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 
+from rlm_client import make_request
 from rlm_service._gen.rlm.v1 import rlm_pb2_grpc
-from rlm_service.client import make_request
 from tests.conftest import API_KEY, final_of, repl
 from tests.fakes.gemini import FakeGemini, Fault
 from tests.ops.conftest import ServerProcess, StartProc, wait_for

@@ -21,7 +21,7 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
-from rlm_service.client import make_request
+from rlm_client import make_request
 from rlm_service.server import Server
 from rlm_service.telemetry.tracing import setup_tracing, shutdown_tracing
 from tests.conftest import StartServer, final_of, repl

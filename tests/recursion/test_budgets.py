@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 import time
 
+from rlm_client import make_request
 from rlm_service._gen.rlm.v1 import rlm_pb2
-from rlm_service.client import make_request
 from tests.conftest import collect, final_of, of_kind, repl
 from tests.fakes.gemini import FakeGemini
 from tests.recursion import open_stub

@@ -6,7 +6,7 @@ import asyncio
 import time
 from collections.abc import Callable
 
-from rlm_service.client import make_request
+from rlm_client import make_request
 from tests.conftest import busy_repl_pids, collect, final_of, of_kind, repl
 from tests.fakes.gemini import FakeGemini
 from tests.recursion import open_stub

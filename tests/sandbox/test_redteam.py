@@ -25,8 +25,8 @@ import pytest_asyncio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 import rlm_service
+from rlm_client import make_request
 from rlm_service._gen.rlm.v1 import rlm_pb2, rlm_pb2_grpc
-from rlm_service.client import make_request
 from rlm_service.server import Server
 from tests.conftest import (
     API_KEY,

@@ -1,4 +1,8 @@
-"""A small Python client for RLMService, sync and async."""
+"""RLMClient and AsyncRLMClient: thin wrappers over the generated stubs, sync and async.
+
+The stubs are the server package's generated code (rlm_service._gen), shared rather than
+copied so `make proto` keeps one copy fresh; importing them loads nothing of the server.
+"""
 
 from __future__ import annotations
 
@@ -37,9 +41,14 @@ class RLMClient:
 
     def stream(self, prompt: str, context: Any = None, *, timeout: float | None = None,
                **fields: Any) -> Iterator[rlm_pb2.CompletionEvent]:
-        """Yields every event of the run as it arrives."""
-        yield from self._stub.StreamCompletion(make_request(prompt, context, **fields),
-                                               timeout=timeout)
+        """Yields every event of the run as it arrives. Closing the iterator early (or an
+        exception such as KeyboardInterrupt while waiting) cancels the run on the server."""
+        call = self._stub.StreamCompletion(make_request(prompt, context, **fields),
+                                           timeout=timeout)
+        try:
+            yield from call
+        finally:
+            call.cancel()  # type: ignore[no-untyped-call]
 
     def complete(self, prompt: str, context: Any = None, *, timeout: float | None = None,
                  **fields: Any) -> rlm_pb2.CompletionResponse:
