@@ -24,8 +24,8 @@ from pathlib import Path
 import grpc
 import pytest
 
+from rlm_client import make_request
 from rlm_service._gen.rlm.v1 import rlm_pb2_grpc
-from rlm_service.client import make_request
 from tests.conftest import process_tree, repl
 from tests.fakes.gemini import FakeGemini
 from tests.ops.conftest import PROJECT_ROOT, ServerProcess, base_env, guest_pids, wait_for
