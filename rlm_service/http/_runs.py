@@ -8,7 +8,8 @@ from collections.abc import AsyncIterator
 
 from rlm_service._gen.rlm.v1 import rlm_pb2
 from rlm_service.run.engine import RunSpec
-from rlm_service.servicer import RLMServicer, build_spec, stream_events
+from rlm_service.servicer import RLMServicer, build_spec
+from rlm_service.streaming import stream_events
 
 
 class ShuttingDown(Exception):
