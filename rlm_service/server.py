@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import os
 import shutil
@@ -113,10 +114,14 @@ class Server:
         })
 
     async def _update_gauges(self) -> None:
-        while True:
+        for tick in itertools.count():
             if self._pool is not None:
                 metrics.rlm_sandbox_pool_idle.set(self._pool.idle)
                 metrics.rlm_sandbox_busy.set(self._pool.busy)
+            if self.sandbox is not None and tick % 5 == 0:
+                # The reaper: anything of a finished REPL that is still alive escaped.
+                escaped = await asyncio.to_thread(self.sandbox.reap)
+                metrics.rlm_sandbox_escaped_processes.inc(escaped)
             await asyncio.sleep(1.0)
 
     async def stop(self, grace: float | None = None) -> None:
@@ -146,6 +151,8 @@ class Server:
                 await self._gauges
         if self._pool is not None:
             await self._pool.close()
+        if self.sandbox is not None:
+            await asyncio.to_thread(self.sandbox.close)
         if self._callback is not None:
             await self._callback.stop(grace=None)
         for backend in self._backends.values():

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rlm_service.repl.sandbox import Sandbox
+from rlm_service.repl.sandbox import Launch, Sandbox
 from rlm_service.repl_guest import protocol
 
 log = logging.getLogger(__name__)
@@ -102,6 +102,7 @@ class ReplProcess:
         run_dir.mkdir(parents=True, mode=0o755)
         os.chmod(run_dir, 0o755)
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        launch: Launch | None = None
         try:
             launch = sandbox.launch(run_dir, child.fileno(), sandbox.next_uid())
             proc = await asyncio.create_subprocess_exec(
@@ -114,10 +115,13 @@ class ReplProcess:
             )
         except BaseException:
             parent.close()
+            sandbox.release(run_dir)
             shutil.rmtree(run_dir, ignore_errors=True)
             raise
         finally:
             child.close()
+            if launch is not None:
+                launch.close()
         try:
             reader, writer = await asyncio.open_unix_connection(
                 sock=parent, limit=protocol.MAX_FRAME + 16
@@ -128,6 +132,7 @@ class ReplProcess:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(proc.pid, signal.SIGKILL)
             await proc.wait()
+            sandbox.release(run_dir)
             shutil.rmtree(run_dir, ignore_errors=True)
             raise
         repl = cls(sandbox, proc, run_dir, reader, writer)
@@ -310,6 +315,9 @@ class ReplProcess:
         for drain in (self._out, self._err):
             drain.task.cancel()
         await asyncio.gather(self._out.task, self._err.task, return_exceptions=True)
+        # Whatever left the process tree (a daemon that dodged the PID namespace's end)
+        # is still in the REPL's cgroups.
+        await asyncio.to_thread(self.sandbox.release, self.run_dir)
         await asyncio.to_thread(shutil.rmtree, self.run_dir, True)
 
 
