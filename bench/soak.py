@@ -84,12 +84,14 @@ class Snapshot:
         self.rss_mb = proc_status(pid, "VmRSS") / 1024
         dirs = {p.name for p in runs.iterdir()}
         self.run_dirs = len(dirs)
+        self.processes = len(sandbox_processes(runs))
         self.strays = sum(not any(d in cmd for d in dirs)
                           for cmd in sandbox_processes(runs).values())
         self.escaped = escaped(metrics_port)
 
     def row(self) -> dict[str, Any]:
         return {"fds": self.fds, "rss_mb": round(self.rss_mb, 1), "run_dirs": self.run_dirs,
+                "sandbox_processes": self.processes,
                 "stray_processes": self.strays, "escaped": self.escaped}
 
 
@@ -138,6 +140,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--runs", type=int, default=1000)
     ap.add_argument("--quick", action="store_true", help="100 runs a phase")
+    ap.add_argument("--phases", default="mixed,storm", help="which phases, in order")
     args = ap.parse_args()
     runs_per_phase = 100 if args.quick else args.runs
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -153,7 +156,8 @@ def main() -> None:
         env.update(PORT=str(port), METRICS_PORT=str(metrics_port), HTTP_PORT="-1",
                    HOST="127.0.0.1", GEMINI_API_KEY="soak-key", GEMINI_BASE_URL=fake.base_url,
                    GEMINI_MODEL_NAME="fake-root", GEMINI_SUB_MODEL_NAME="fake-sub",
-                   SANDBOX_POOL_SIZE=str(POOL), RUNTIME_DIR=str(tmp / "rt"),
+                   SANDBOX_POOL_SIZE=str(POOL), SANDBOX_POOL_MAX=str(POOL),
+                   RUNTIME_DIR=str(tmp / "rt"),
                    LOG_LEVEL="WARNING")
         server = subprocess.Popen([str(Path(sys.executable).parent / "rlm-server")], env=env,
                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -172,7 +176,8 @@ def main() -> None:
             base = settle(server.pid, runs_dir, metrics_port)
             report: dict[str, Any] = {"runs_per_phase": runs_per_phase,
                                       "after_warmup": base.row()}
-            for name, storm in (("mixed", False), ("storm", True)):
+            for name in args.phases.split(","):
+                storm = name == "storm"
                 t0 = time.monotonic()
                 outcomes = asyncio.run(phase(port, runs_per_phase, storm, seed=len(name)))
                 snap = settle(server.pid, runs_dir, metrics_port)
@@ -189,10 +194,11 @@ def main() -> None:
                 server.wait()
             shutil.rmtree(tmp, ignore_errors=True)
     print(json.dumps(report, indent=2))
-    leaks = [report[p]["stray_processes"] + report[p]["escaped"] for p in ("mixed", "storm")]
-    grew = report["storm"]["fds"] - base.fds
-    ok = not any(leaks) and grew <= 4 and report["storm"]["run_dirs"] <= POOL and \
-        report["after_stop"]["sandbox_processes"] == 0
+    phases = args.phases.split(",")
+    ok = report["after_stop"]["sandbox_processes"] == 0 and all(
+        not report[p]["stray_processes"] and not report[p]["escaped"]
+        and report[p]["fds"] - base.fds <= 4 and report[p]["run_dirs"] <= POOL
+        for p in phases)
     print("soak:", "OK" if ok else "LEAK")
     raise SystemExit(0 if ok else 1)
 

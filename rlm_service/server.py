@@ -76,7 +76,8 @@ class Server:
             registry, socket_path, s.max_message_bytes, s.max_batch_prompts)
         self.sandbox = Sandbox(s, self._runtime_dir, socket_path)
         await asyncio.to_thread(self.sandbox.probe)
-        self._pool = ReplPool(self.sandbox, s.sandbox_pool_size)
+        self._pool = ReplPool(self.sandbox, s.sandbox_pool_size, s.sandbox_pool_max,
+                              s.sandbox_pool_idle_seconds)
         await self._pool.start()
         self.engine = Engine(s, self._backends, self._pool, registry, self.sandbox.layers)
         self.servicer = RLMServicer(self.engine, s)
@@ -118,6 +119,10 @@ class Server:
             if self._pool is not None:
                 metrics.rlm_sandbox_pool_idle.set(self._pool.idle)
                 metrics.rlm_sandbox_busy.set(self._pool.busy)
+                try:
+                    await self._pool.maintain()
+                except Exception:
+                    log.exception("REPL pool upkeep failed")
             if self.sandbox is not None and tick % 5 == 0:
                 # The reaper: anything of a finished REPL that is still alive escaped.
                 escaped = await asyncio.to_thread(self.sandbox.reap)

@@ -93,6 +93,7 @@ class ReplProcess:
         self._err = _Drain(proc.stderr, limit)
         self._lock = asyncio.Lock()
         self.closed = False
+        self._closing: asyncio.Future[None] | None = None
         # Called with ``answer["content"]`` whenever the running block changes it.
         self.on_partial: Callable[[str], None] | None = None
 
@@ -294,10 +295,16 @@ class ReplProcess:
         return False, str(reply.get("error", ""))
 
     async def close(self) -> None:
-        """Kills the process and everything it started, and removes its files."""
-        if self.closed:
-            return
-        self.closed = True
+        """Kills the process and everything it started, and removes its files.
+
+        Runs to the end even if the caller is cancelled meanwhile (a client cancel lands
+        at any instant): a half-done close would leave the run dir, fds and cgroups."""
+        if self._closing is None:
+            self.closed = True
+            self._closing = asyncio.ensure_future(self._close())
+        await asyncio.shield(self._closing)
+
+    async def _close(self) -> None:
         if self.proc.returncode is None:
             # The session holds bwrap; killing it tears down the PID namespace,
             # which takes every process the model's code started with it.
