@@ -127,7 +127,7 @@ async def phase(port: int, runs: int, storm: bool, seed: int) -> dict[str, int]:
     return outcomes
 
 
-def settle(pid: int, runs: Path, metrics_port: int, seconds: float = 8.0) -> Snapshot:
+def settle(pid: int, runs: Path, metrics_port: int, seconds: float = 30.0) -> Snapshot:
     deadline = time.monotonic() + seconds
     while True:
         snap = Snapshot(pid, runs, metrics_port)
@@ -180,9 +180,11 @@ def main() -> None:
                 storm = name == "storm"
                 t0 = time.monotonic()
                 outcomes = asyncio.run(phase(port, runs_per_phase, storm, seed=len(name)))
+                t1 = time.monotonic()
                 snap = settle(server.pid, runs_dir, metrics_port)
-                report[name] = {"seconds": round(time.monotonic() - t0, 1),
-                                "outcomes": outcomes, **snap.row()}
+                report[name] = {"seconds": round(t1 - t0, 1), "outcomes": outcomes,
+                                "settle_seconds": round(time.monotonic() - t1, 1),
+                                **snap.row()}
             server.send_signal(signal.SIGTERM)
             server.wait(30)
             time.sleep(0.5)

@@ -106,23 +106,35 @@ class ReplProcess:
         launch: Launch | None = None
         try:
             launch = sandbox.launch(run_dir, child.fileno(), sandbox.next_uid())
-            proc = await asyncio.create_subprocess_exec(
+            spawn = asyncio.ensure_future(asyncio.create_subprocess_exec(
                 *launch.argv,
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE,
                 env=launch.env,
                 **launch.popen_kwargs,
-            )
+            ))
         except BaseException:
-            parent.close()
+            for closing in (child.close, parent.close, *([launch.close] if launch else [])):
+                closing()
             sandbox.release(run_dir)
             shutil.rmtree(run_dir, ignore_errors=True)
             raise
-        finally:
+        # The child's fds stay open until the spawn is over, so no fd number it was
+        # told to keep can be reused by something else in the meantime.
+        def spawned(_: object, launch: Launch = launch) -> None:
             child.close()
-            if launch is not None:
-                launch.close()
+            launch.close()
+
+        spawn.add_done_callback(spawned)
+        try:
+            # Shielded: cancelling create_subprocess_exec while it connects the pipes can
+            # leave it waiting forever (CPython gh-103847), holding the run dir and fds.
+            proc = await asyncio.shield(spawn)
+        except BaseException:
+            parent.close()
+            spawn.add_done_callback(lambda t: _undo_spawn(t, sandbox, run_dir))
+            raise
         try:
             reader, writer = await asyncio.open_unix_connection(
                 sock=parent, limit=protocol.MAX_FRAME + 16
@@ -326,6 +338,26 @@ class ReplProcess:
         # is still in the REPL's cgroups.
         await asyncio.to_thread(self.sandbox.release, self.run_dir)
         await asyncio.to_thread(shutil.rmtree, self.run_dir, True)
+
+
+_UNDOING: set[asyncio.Task[None]] = set()
+
+
+def _undo_spawn(spawn: asyncio.Future[asyncio.subprocess.Process], sandbox: Sandbox,
+                run_dir: Path) -> None:
+    """Kills and reaps a REPL whose start was abandoned, once its spawn is over."""
+    async def undo() -> None:
+        if not spawn.cancelled() and spawn.exception() is None:
+            proc = spawn.result()
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            await proc.wait()
+        await asyncio.to_thread(sandbox.release, run_dir)
+        await asyncio.to_thread(shutil.rmtree, run_dir, True)
+
+    task = asyncio.ensure_future(undo())
+    _UNDOING.add(task)
+    task.add_done_callback(_UNDOING.discard)
 
 
 def _write_context(path: Path, context: Any, kind: str) -> None:

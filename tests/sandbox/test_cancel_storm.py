@@ -70,7 +70,8 @@ async def one_run(stub: rlm_pb2_grpc.RLMServiceStub, marker: str, rng: random.Ra
 async def test_cancel_storm_leaves_nothing(start_server: StartServer, fake_gemini: FakeGemini,
                                            tmp_path: Path) -> None:
     runtime = tmp_path / "rt"
-    server = await start_server(runtime_dir=str(runtime), sandbox_pool_size=POOL)
+    server = await start_server(runtime_dir=str(runtime), sandbox_pool_size=POOL,
+                                sandbox_pool_max=POOL)
     marker = f"STORM-{uuid.uuid4().hex}"
     fake_gemini.script(marker, [
         repl("x = sum(range(300_000))\nprint(llm_query('hi'), len(context))"),
