@@ -30,7 +30,7 @@ FROM python:3.11-slim-bookworm AS runtime
 # bubblewrap: the REPL sandbox runs each run's Python under `bwrap`.
 # ca-certificates: TLS to the model APIs.
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends bubblewrap ca-certificates \
+    && apt-get install -y --no-install-recommends bubblewrap libseccomp2 ca-certificates \
     && rm -rf /var/lib/apt/lists/*
 
 # A fixed numeric uid so Kubernetes/Cloud Run "runAsNonRoot" checks can verify it.

@@ -88,6 +88,8 @@ class Settings(BaseSettings):
     sandbox_tmp_mb: int = Field(512, ge=1)
     sandbox_block_timeout_seconds: float = Field(120.0, gt=0)
     sandbox_pool_size: int = Field(2, ge=0)
+    sandbox_pool_max: int = Field(16, ge=0)
+    sandbox_pool_idle_seconds: float = Field(30.0, gt=0)
     sandbox_python: str | None = None
     runtime_dir: str | None = None
 

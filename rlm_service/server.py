@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import os
 import shutil
@@ -75,7 +76,8 @@ class Server:
             registry, socket_path, s.max_message_bytes, s.max_batch_prompts)
         self.sandbox = Sandbox(s, self._runtime_dir, socket_path)
         await asyncio.to_thread(self.sandbox.probe)
-        self._pool = ReplPool(self.sandbox, s.sandbox_pool_size)
+        self._pool = ReplPool(self.sandbox, s.sandbox_pool_size, s.sandbox_pool_max,
+                              s.sandbox_pool_idle_seconds)
         await self._pool.start()
         self.engine = Engine(s, self._backends, self._pool, registry, self.sandbox.layers)
         self.servicer = RLMServicer(self.engine, s)
@@ -113,10 +115,18 @@ class Server:
         })
 
     async def _update_gauges(self) -> None:
-        while True:
+        for tick in itertools.count():
             if self._pool is not None:
                 metrics.rlm_sandbox_pool_idle.set(self._pool.idle)
                 metrics.rlm_sandbox_busy.set(self._pool.busy)
+                try:
+                    await self._pool.maintain()
+                except Exception:
+                    log.exception("REPL pool upkeep failed")
+            if self.sandbox is not None and tick % 5 == 0:
+                # The reaper: anything of a finished REPL that is still alive escaped.
+                escaped = await asyncio.to_thread(self.sandbox.reap)
+                metrics.rlm_sandbox_escaped_processes.inc(escaped)
             await asyncio.sleep(1.0)
 
     async def stop(self, grace: float | None = None) -> None:
@@ -146,6 +156,8 @@ class Server:
                 await self._gauges
         if self._pool is not None:
             await self._pool.close()
+        if self.sandbox is not None:
+            await asyncio.to_thread(self.sandbox.close)
         if self._callback is not None:
             await self._callback.stop(grace=None)
         for backend in self._backends.values():

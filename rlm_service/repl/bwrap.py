@@ -61,11 +61,12 @@ def stage_argv(bwrap: str, binds: list[Bind]) -> list[str]:
 
 
 def sandbox_argv(bwrap: str, binds: list[Bind], tmp_bytes: int, userns_uid: int | None,
-                 ) -> list[str]:
+                 seccomp_fd: int | None = None) -> list[str]:
     """The sandbox itself, up to the ``--`` before the interpreter.
 
     ``userns_uid``: the uid (and gid) the REPL gets inside its user namespace, for a
     service that is not root; None keeps the uid bwrap runs under (setpriv's).
+    ``seccomp_fd``: an fd holding the syscall filter, applied just before the exec.
     """
     # --disable-userns: no nested user namespace (a fresh "root" with mount rights
     # inside); it needs an explicit --unshare-user.
@@ -73,6 +74,8 @@ def sandbox_argv(bwrap: str, binds: list[Bind], tmp_bytes: int, userns_uid: int 
             "--die-with-parent", "--new-session"]
     if userns_uid is not None:
         argv += ["--uid", str(userns_uid), "--gid", str(userns_uid)]
+    if seccomp_fd is not None:
+        argv += ["--seccomp", str(seccomp_fd)]
     argv += [
         *_system_dirs(),
         "--proc", "/proc",

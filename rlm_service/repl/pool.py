@@ -1,26 +1,45 @@
-"""Pre-started sandboxed REPLs, so a run does not wait for an interpreter."""
+"""Pre-started sandboxed REPLs, so a run does not wait for an interpreter.
+
+The pool adapts to demand. It keeps at least ``size`` idle REPLs, and more when runs
+arrive faster: enough to cover the arrivals expected while a replacement starts, up to
+``max_size``. REPLs idle for longer than ``idle_seconds`` beyond ``size`` are closed.
+Each REPL still serves exactly one run and then dies; nothing is shared between runs.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
+import math
+import time
 
 from rlm_service.repl.process import ReplProcess
 from rlm_service.repl.sandbox import Sandbox
 
 log = logging.getLogger(__name__)
 
+# How far back arrivals count towards the rate, and the start time assumed until one
+# has been measured.
+RATE_WINDOW_SECONDS = 10.0
+DEFAULT_START_SECONDS = 0.2
+
 
 class ReplPool:
-    """Keeps ``size`` idle REPLs ready. Each REPL serves one run, then dies."""
+    """Keeps idle REPLs ready. Each REPL serves one run, then dies."""
 
-    def __init__(self, sandbox: Sandbox, size: int) -> None:
+    def __init__(self, sandbox: Sandbox, size: int, max_size: int | None = None,
+                 idle_seconds: float = 30.0) -> None:
         self.sandbox = sandbox
         self.size = size
-        self._idle: list[ReplProcess] = []
+        self.max_size = max(size, size if max_size is None else max_size)
+        self.idle_seconds = idle_seconds
+        self._idle: list[ReplProcess] = []  # oldest first
+        self._idle_since: dict[ReplProcess, float] = {}
         self._live: set[ReplProcess] = set()
         self._refills: set[asyncio.Task[None]] = set()
+        self._arrivals: list[float] = []
+        self._start_seconds = DEFAULT_START_SECONDS
         self._closed = False
 
     @property
@@ -31,11 +50,29 @@ class ReplPool:
     def busy(self) -> int:
         return len(self._live) - len(self._idle)
 
+    @property
+    def target(self) -> int:
+        """Idle REPLs wanted now: the arrivals expected while one starts, plus a spare."""
+        now = time.monotonic()
+        # Arrivals older than the idle timeout no longer hold REPLs back from closing.
+        window = min(RATE_WINDOW_SECONDS, self.idle_seconds)
+        self._arrivals = [t for t in self._arrivals if now - t < window]
+        rate = len(self._arrivals) / window
+        wanted = math.ceil(rate * self._start_seconds) + (1 if self._arrivals else 0)
+        return min(self.max_size, max(self.size, wanted))
+
+    def pids(self) -> set[int]:
+        """Host pids of the pool's REPL processes (their bwrap or interpreter)."""
+        return {r.proc.pid for r in self._live}
+
     async def start(self) -> None:
         await asyncio.gather(*(self._add_idle() for _ in range(self.size)))
 
     async def _spawn(self) -> ReplProcess:
+        started = time.monotonic()
         repl = await ReplProcess.start(self.sandbox)
+        # A moving average: start times vary with load, which is what matters here.
+        self._start_seconds = 0.8 * self._start_seconds + 0.2 * (time.monotonic() - started)
         self._live.add(repl)
         return repl
 
@@ -49,11 +86,12 @@ class ReplPool:
             await self.release(repl)
         else:
             self._idle.append(repl)
+            self._idle_since[repl] = time.monotonic()
 
     def _refill(self) -> None:
         if self._closed:
             return
-        missing = self.size - len(self._idle) - len(self._refills)
+        missing = self.target - len(self._idle) - len(self._refills)
         for _ in range(max(0, missing)):
             task = asyncio.create_task(self._add_idle())
             self._refills.add(task)
@@ -62,19 +100,30 @@ class ReplPool:
     async def acquire(self) -> ReplProcess:
         if self._closed:
             raise RuntimeError("the REPL pool is closed")
+        self._arrivals.append(time.monotonic())
         while self._idle:
-            repl = self._idle.pop()
+            repl = self._idle.pop()  # the newest: the oldest are the first to retire
+            self._idle_since.pop(repl, None)
             if repl.proc.returncode is None:
                 self._refill()
                 return repl
             await self.release(repl)
-        repl = await self._spawn()
         self._refill()
-        return repl
+        return await self._spawn()
 
     async def release(self, repl: ReplProcess) -> None:
         self._live.discard(repl)
         await repl.close()
+
+    async def maintain(self) -> None:
+        """Closes REPLs idle too long beyond ``size``, and tops up to the target."""
+        now = time.monotonic()
+        keep = max(self.size, self.target)
+        while len(self._idle) > keep and now - self._idle_since[self._idle[0]] > self.idle_seconds:
+            repl = self._idle.pop(0)
+            self._idle_since.pop(repl, None)
+            await self.release(repl)
+        self._refill()
 
     async def close(self) -> None:
         """Kills every REPL this pool started, idle or busy."""
@@ -85,5 +134,6 @@ class ReplPool:
             await asyncio.gather(*self._refills, return_exceptions=True)
         live = list(self._live)
         self._idle.clear()
+        self._idle_since.clear()
         self._live.clear()
         await asyncio.gather(*(r.close() for r in live), return_exceptions=True)

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rlm_service.repl.sandbox import Sandbox
+from rlm_service.repl.sandbox import Launch, Sandbox
 from rlm_service.repl_guest import protocol
 
 log = logging.getLogger(__name__)
@@ -93,6 +93,7 @@ class ReplProcess:
         self._err = _Drain(proc.stderr, limit)
         self._lock = asyncio.Lock()
         self.closed = False
+        self._closing: asyncio.Future[None] | None = None
         # Called with ``answer["content"]`` whenever the running block changes it.
         self.on_partial: Callable[[str], None] | None = None
 
@@ -102,22 +103,38 @@ class ReplProcess:
         run_dir.mkdir(parents=True, mode=0o755)
         os.chmod(run_dir, 0o755)
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        launch: Launch | None = None
         try:
             launch = sandbox.launch(run_dir, child.fileno(), sandbox.next_uid())
-            proc = await asyncio.create_subprocess_exec(
+            spawn = asyncio.ensure_future(asyncio.create_subprocess_exec(
                 *launch.argv,
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE,
                 env=launch.env,
                 **launch.popen_kwargs,
-            )
+            ))
         except BaseException:
-            parent.close()
+            for closing in (child.close, parent.close, *([launch.close] if launch else [])):
+                closing()
+            sandbox.release(run_dir)
             shutil.rmtree(run_dir, ignore_errors=True)
             raise
-        finally:
+        # The child's fds stay open until the spawn is over, so no fd number it was
+        # told to keep can be reused by something else in the meantime.
+        def spawned(_: object, launch: Launch = launch) -> None:
             child.close()
+            launch.close()
+
+        spawn.add_done_callback(spawned)
+        try:
+            # Shielded: cancelling create_subprocess_exec while it connects the pipes can
+            # leave it waiting forever (CPython gh-103847), holding the run dir and fds.
+            proc = await asyncio.shield(spawn)
+        except BaseException:
+            parent.close()
+            spawn.add_done_callback(lambda t: _undo_spawn(t, sandbox, run_dir))
+            raise
         try:
             reader, writer = await asyncio.open_unix_connection(
                 sock=parent, limit=protocol.MAX_FRAME + 16
@@ -128,6 +145,7 @@ class ReplProcess:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(proc.pid, signal.SIGKILL)
             await proc.wait()
+            sandbox.release(run_dir)
             shutil.rmtree(run_dir, ignore_errors=True)
             raise
         repl = cls(sandbox, proc, run_dir, reader, writer)
@@ -289,10 +307,16 @@ class ReplProcess:
         return False, str(reply.get("error", ""))
 
     async def close(self) -> None:
-        """Kills the process and everything it started, and removes its files."""
-        if self.closed:
-            return
-        self.closed = True
+        """Kills the process and everything it started, and removes its files.
+
+        Runs to the end even if the caller is cancelled meanwhile (a client cancel lands
+        at any instant): a half-done close would leave the run dir, fds and cgroups."""
+        if self._closing is None:
+            self.closed = True
+            self._closing = asyncio.ensure_future(self._close())
+        await asyncio.shield(self._closing)
+
+    async def _close(self) -> None:
         if self.proc.returncode is None:
             # The session holds bwrap; killing it tears down the PID namespace,
             # which takes every process the model's code started with it.
@@ -310,7 +334,30 @@ class ReplProcess:
         for drain in (self._out, self._err):
             drain.task.cancel()
         await asyncio.gather(self._out.task, self._err.task, return_exceptions=True)
+        # Whatever left the process tree (a daemon that dodged the PID namespace's end)
+        # is still in the REPL's cgroups.
+        await asyncio.to_thread(self.sandbox.release, self.run_dir)
         await asyncio.to_thread(shutil.rmtree, self.run_dir, True)
+
+
+_UNDOING: set[asyncio.Task[None]] = set()
+
+
+def _undo_spawn(spawn: asyncio.Future[asyncio.subprocess.Process], sandbox: Sandbox,
+                run_dir: Path) -> None:
+    """Kills and reaps a REPL whose start was abandoned, once its spawn is over."""
+    async def undo() -> None:
+        if not spawn.cancelled() and spawn.exception() is None:
+            proc = spawn.result()
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            await proc.wait()
+        await asyncio.to_thread(sandbox.release, run_dir)
+        await asyncio.to_thread(shutil.rmtree, run_dir, True)
+
+    task = asyncio.ensure_future(undo())
+    _UNDOING.add(task)
+    task.add_done_callback(_UNDOING.discard)
 
 
 def _write_context(path: Path, context: Any, kind: str) -> None:

@@ -14,7 +14,10 @@ Each REPL gets:
   run's files mounted read-only; no ``/home``, ``/root``, ``/etc`` or project tree;
 * ``tmpfs``: a private ``/tmp`` with a size cap;
 * ``rlimits``: memory, CPU time, processes, open files, file size, no core dumps;
-* ``no-new-privs`` and ``die-with-parent`` (set by bubblewrap).
+* ``no-new-privs`` and ``die-with-parent`` (set by bubblewrap);
+* ``seccomp``: a syscall filter (see ``seccomp.py``) loaded by bubblewrap;
+* ``cgroups``: memory and pids cgroups per REPL (see ``cgroup.py``), where the service
+  may create them; optional, so a host without them only logs a warning.
 
 A layer the host cannot provide is refused at start-up unless
 ``SANDBOX_ALLOW_MISSING`` names it; the active layers are logged and reported.
@@ -27,32 +30,38 @@ import json
 import logging
 import os
 import shutil
-import stat
 import subprocess
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from rlm_service.config import Settings
 from rlm_service.repl.bwrap import Bind, sandbox_argv, stage_argv
+from rlm_service.repl.cgroup import CgroupsUnavailable, CgroupTree, ReplCgroups
+from rlm_service.repl.host_files import (
+    GUEST_PACKAGE_PARTS,
+    PACKAGE_DIR,
+    SandboxUnavailable,
+    check_readable,
+    folders_open,
+    pick_python,
+    site_dir,
+)
+from rlm_service.repl.seccomp import SeccompUnavailable, build_program, program_fd
 
 log = logging.getLogger(__name__)
 
-ALL_LAYERS = ("uid", "namespaces", "readonly-fs", "tmpfs", "rlimits", "no-new-privs")
+ALL_LAYERS = ("uid", "namespaces", "readonly-fs", "tmpfs", "rlimits", "no-new-privs",
+              "seccomp", "cgroups")
 # A weaker layer that fills a missing one's place without SANDBOX_ALLOW_MISSING.
 STAND_INS = {"uid": "userns-uid"}
-PACKAGE_DIR = Path(__file__).resolve().parent.parent
-# The parts of the package the in-sandbox REPL imports (see repl_guest/main.py).
-GUEST_PACKAGE_PARTS = ("__init__.py", "repl_guest", "_gen")
+# Used where the host allows, else logged as missing: most containers and non-root users
+# cannot create cgroups, and rlimits still bound each process there.
+OPTIONAL_LAYERS = ("cgroups",)
 GUEST_RUN_DIR = "/rlm/run"
 GUEST_SOCKET = "/rlm/callback.sock"
 GUEST_PKG_ROOT = "/opt/rlm/pkg"
 GUEST_SITE = "/opt/rlm/site"
-
-
-class SandboxUnavailable(RuntimeError):
-    """The host cannot provide a required isolation layer."""
 
 
 @dataclass
@@ -60,42 +69,13 @@ class Launch:
     argv: list[str]
     env: dict[str, str] | None
     popen_kwargs: dict[str, Any] = field(default_factory=dict)
+    # The parent's copies of fds handed to the child; closed once it has started.
+    parent_fds: list[int] = field(default_factory=list)
 
-
-def _world_accessible(path: Path) -> bool:
-    """Whether a uid with no special rights can reach and read ``path``."""
-    try:
-        path = path.resolve()
-        for parent in [*reversed(path.parents), path]:
-            mode = os.stat(parent).st_mode
-            if stat.S_ISDIR(mode) and not mode & stat.S_IXOTH:
-                return False
-        return bool(os.stat(path).st_mode & stat.S_IROTH)
-    except OSError:
-        return False
-
-
-def _folders_open(path: Path) -> bool:
-    """Whether a uid with no special rights can walk the folders down to ``path``."""
-    try:
-        return all(os.stat(p).st_mode & stat.S_IXOTH for p in path.resolve().parents)
-    except OSError:
-        return False
-
-
-def _others_may(path: Path, bits: int) -> bool:
-    """Whether a uid with no special rights has ``bits`` on ``path`` itself (the
-    folders above it do not matter once it is mounted into the sandbox)."""
-    try:
-        return os.stat(path).st_mode & bits == bits
-    except OSError:
-        return False
-
-
-def _site_dir() -> Path:
-    import grpc
-
-    return Path(grpc.__file__).resolve().parent.parent
+    def close(self) -> None:
+        """Releases the parent's copies of the launch's fds (idempotent)."""
+        while self.parent_fds:
+            os.close(self.parent_fds.pop())
 
 
 class Sandbox:
@@ -112,39 +92,46 @@ class Sandbox:
         self.bwrap = shutil.which("bwrap")
         self.setpriv = shutil.which("setpriv")
         self.is_root = os.geteuid() == 0
-        self.python = self._pick_python()
-        self.site = _site_dir()
+        self.python = pick_python(settings.sandbox_python, self.is_root)
+        self.site = site_dir()
+        self.seccomp_program: bytes | None = None
+        self.seccomp_error = ""
+        if self.bwrap:
+            try:
+                self.seccomp_program = build_program()
+            except SeccompUnavailable as exc:
+                self.seccomp_error = str(exc)
+        self.cgroups: ReplCgroups | None = None
+        try:
+            self.cgroups = ReplCgroups(CgroupTree(settings.sandbox_memory_mb * 1024 * 1024,
+                                                  settings.sandbox_max_processes))
+        except CgroupsUnavailable as exc:
+            # Expected without root: rlimits still bound each process.
+            log.log(logging.WARNING if self.is_root else logging.INFO,
+                    "sandbox: no per-REPL cgroups (%s)", exc)
         self.layers = self._plan_layers()
         # Root, with something under a folder the run's uid cannot walk (a 0700 home,
         # /root): a root bubblewrap mounts it first. Only then, since that stage needs
         # CAP_SYS_ADMIN, which root in a container usually lacks.
         self.staged = "uid" in self.layers and "readonly-fs" in self.layers and not all(
-            _folders_open(b.source) for b in self._binds(runtime_dir / "runs" / "any"))
+            folders_open(b.source) for b in self._binds(runtime_dir / "runs" / "any"))
 
     # --- planning ---------------------------------------------------------------
-    def _pick_python(self) -> str:
-        if self.settings.sandbox_python:
-            return self.settings.sandbox_python
-        want = f"python{sys.version_info.major}.{sys.version_info.minor}"
-        found = [c for c in (os.path.realpath(sys.executable), f"/usr/local/bin/{want}",
-                             f"/usr/bin/{want}") if os.path.exists(c)]
-        if self.is_root:
-            # Any interpreter the sandbox uid may execute reaches the sandbox; one under
-            # /usr adds nothing to its root, where /root/.pyenv would show up, say.
-            found = [c for c in found if _others_may(Path(c).resolve(), stat.S_IXOTH)]
-            found.sort(key=lambda c: not Path(c).resolve().is_relative_to("/usr"))
-        return found[0] if found else os.path.realpath(sys.executable)
-
     def _plan_layers(self) -> tuple[str, ...]:
         active: list[str] = []
         if self.bwrap:
             active += ["namespaces", "readonly-fs", "tmpfs", "no-new-privs"]
+            if self.seccomp_program is not None:
+                active.append("seccomp")
         if self.is_root and self.setpriv:
             active.append("uid")
         elif self.bwrap and not self.is_root:
             active.append("userns-uid")
         active.append("rlimits")
-        missing = [x for x in ALL_LAYERS if x not in active and STAND_INS.get(x) not in active]
+        if self.cgroups is not None:
+            active.append("cgroups")
+        missing = [x for x in ALL_LAYERS if x not in active and STAND_INS.get(x) not in active
+                   and x not in OPTIONAL_LAYERS]
         refused = [x for x in missing if x not in self._allowed]
         if refused:
             reasons = {
@@ -152,6 +139,7 @@ class Sandbox:
                        "under another uid" if self.is_root else
                        "the service is not root and bubblewrap is missing",
                 "namespaces": "bubblewrap (bwrap) is not installed",
+                "seccomp": self.seccomp_error or "bubblewrap (bwrap) is not installed",
             }
             why = "; ".join(reasons.get(x, f"{x} unavailable") for x in refused)
             raise SandboxUnavailable(
@@ -167,33 +155,8 @@ class Sandbox:
                         "only inside their user namespace (userns-uid instead of uid); "
                         "run as root for a host uid per REPL",
                         extra={"sandbox_layers": active})
-        self._check_readable(active)
+        check_readable(Path(self.python), self.site, self.is_root, active)
         return tuple(active)
-
-    def _check_readable(self, active: list[str]) -> None:
-        if not self.is_root or "uid" not in active:
-            return
-        if "readonly-fs" in active:
-            # Mounted into the sandbox: only the trees' own permissions count.
-            need = [(Path(self.python).resolve(), stat.S_IXOTH),
-                    (self.site, stat.S_IROTH | stat.S_IXOTH),
-                    *((PACKAGE_DIR / part,
-                       stat.S_IROTH | (stat.S_IXOTH if (PACKAGE_DIR / part).is_dir() else 0))
-                      for part in GUEST_PACKAGE_PARTS)]
-            for p, bits in need:
-                if not _others_may(p, bits):
-                    raise SandboxUnavailable(
-                        f"{p} is not readable by the sandbox uid (mode "
-                        f"{oct(os.stat(p).st_mode & 0o777) if p.exists() else 'missing'}); "
-                        "make it readable by others or set SANDBOX_PYTHON")
-            return
-        # Without bubblewrap the REPL reaches the files through their host paths.
-        for p in (Path(self.python), self.site, PACKAGE_DIR):
-            if not _world_accessible(p):
-                raise SandboxUnavailable(
-                    f"{p} is not readable by the sandbox uid; set SANDBOX_PYTHON to a "
-                    "world-readable interpreter or install the service outside /root"
-                )
 
     def next_uid(self) -> int:
         return self.settings.sandbox_uid_base + next(self._uids) % self.settings.sandbox_uid_count
@@ -234,6 +197,7 @@ class Sandbox:
             "--max-output", str(self.settings.max_output_chars),
         ]
         kwargs: dict[str, Any] = {"pass_fds": (ctrl_fd,), "start_new_session": True}
+        join = [] if self.cgroups is None else self.cgroups.join_argv(run_dir.name)
         # setpriv drops to the run's uid after exec. Popen(user=...) would do it in a
         # forked copy of this multi-threaded (gRPC) process instead of a vfork child,
         # which is slower and can crash between fork and exec.
@@ -247,19 +211,41 @@ class Sandbox:
                 "PATH": "/usr/bin:/bin",
                 "LANG": "C.UTF-8",
             }
-            return Launch([*drop, self.python, *guest_args], env, {**kwargs, "cwd": run_dir})
+            return Launch([*join, *drop, self.python, *guest_args], env,
+                          {**kwargs, "cwd": run_dir})
         tmp_bytes = self.settings.sandbox_tmp_mb * 1024 * 1024
         binds = self._binds(run_dir)
+        parent_fds: list[int] = []
+        if "seccomp" in self.layers and self.seccomp_program is not None:
+            parent_fds.append(program_fd(self.seccomp_program))
+            kwargs["pass_fds"] = (ctrl_fd, *parent_fds)
+        seccomp_fd = parent_fds[0] if parent_fds else None
         if drop and self.staged:
             staged = [Bind(Path(b.dest), b.dest, b.writable) for b in binds]
             argv = [*stage_argv(self.bwrap, binds), *drop,
-                    *sandbox_argv(self.bwrap, staged, tmp_bytes, None)]
+                    *sandbox_argv(self.bwrap, staged, tmp_bytes, None, seccomp_fd)]
         else:
             argv = [*drop, *sandbox_argv(self.bwrap, binds, tmp_bytes,
-                                         uid if "userns-uid" in self.layers else None)]
+                                         uid if "userns-uid" in self.layers else None,
+                                         seccomp_fd)]
         argv += ["--setenv", "PYTHONPATH", f"{GUEST_PKG_ROOT}:{GUEST_SITE}",
                  "--", self.python, *guest_args]
-        return Launch(argv, {}, kwargs)
+        return Launch([*join, *argv], {}, kwargs, parent_fds)
+
+    # --- cgroups --------------------------------------------------------------------
+    def release(self, run_dir: Path) -> None:
+        """Kills whatever of the REPL in ``run_dir`` is still alive, after its process
+        exited, and drops its cgroups."""
+        if self.cgroups is not None:
+            self.cgroups.release(run_dir.name)
+
+    def reap(self) -> int:
+        """Kills processes of closed REPLs that are still alive; returns how many."""
+        return 0 if self.cgroups is None else self.cgroups.reap()
+
+    def close(self) -> None:
+        if self.cgroups is not None:
+            self.cgroups.close()
 
     def guest_paths(self, run_dir: Path) -> tuple[str, str]:
         """(run dir, callback socket) as the guest sees them."""
@@ -277,13 +263,16 @@ class Sandbox:
             *launch.argv[: launch.argv.index("-m")],
             "-c", "import grpc, rlm_service.repl_guest.protocol, os; print(os.getuid())",
         ]
-        kwargs = {k: v for k, v in launch.popen_kwargs.items() if k != "pass_fds"}
+        kwargs = {**launch.popen_kwargs,
+                  "pass_fds": [fd for fd in launch.popen_kwargs["pass_fds"] if fd != 0]}
         try:
             r = subprocess.run(argv, env=launch.env, capture_output=True, text=True,
                                timeout=30, check=False, **kwargs)
         except (OSError, subprocess.TimeoutExpired) as exc:
             raise SandboxUnavailable(f"sandbox probe failed to start: {exc}") from exc
         finally:
+            launch.close()
+            self.release(probe_dir)
             shutil.rmtree(probe_dir, ignore_errors=True)
         if r.returncode != 0:
             raise SandboxUnavailable(

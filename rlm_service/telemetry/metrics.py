@@ -43,6 +43,7 @@ __all__ = [
     "rlm_run_iterations",
     "rlm_runs",
     "rlm_sandbox_busy",
+    "rlm_sandbox_escaped_processes",
     "rlm_sandbox_pool_idle",
     "rlm_tokens",
     "start_metrics_server",
@@ -183,6 +184,9 @@ rlm_repl_block_duration_seconds = Histogram(
 )
 rlm_sandbox_pool_idle = Gauge("rlm_sandbox_pool_idle", "Pre-started sandboxes waiting for a run.")
 rlm_sandbox_busy = Gauge("rlm_sandbox_busy", "Sandboxes currently assigned to a run.")
+rlm_sandbox_escaped_processes = Counter(
+    "rlm_sandbox_escaped_processes",
+    "Sandbox processes found alive after their REPL was closed, and killed by the reaper.")
 
 # Zero-valued series for the fixed label sets make rate() and absent()-based
 # alerts work before the first event of each kind.

@@ -646,7 +646,8 @@ async def test_other_processes_cannot_be_traced_or_read(srv, stub, fake) -> None
     assert len(res["visible"]) <= 3 and max(res["visible"]) < 100, res
     for pid in host_pids:
         if pid not in res["visible"]:
-            assert res[f"ptrace{pid}"] == 3 and res[f"mem{pid}"] == "FileNotFoundError", res
+            # ESRCH (not in this PID namespace), or EPERM from the seccomp filter first.
+            assert res[f"ptrace{pid}"] in (1, 3) and res[f"mem{pid}"] == "FileNotFoundError", res
     await assert_healthy(srv, stub, fake)
 
 
