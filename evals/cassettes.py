@@ -31,9 +31,11 @@ from rlm_client.events import read_events, to_json
 from rlm_service._gen.rlm.v1 import rlm_pb2
 from rlm_service.config import Settings
 
-# Differ from run to run by nature: clocks, ids, and the sandbox layers of the machine.
+# Differ from run to run by nature: clocks, ids, the sandbox layers of the machine, and
+# the running total a sub-call sees when it ends (it depends on which sibling ended first).
 VOLATILE = frozenset({"seq", "time", "request_id", "call_id", "parent_id", "latency_seconds",
-                      "duration_seconds", "elapsed_seconds", "sandbox_layers"})
+                      "duration_seconds", "elapsed_seconds", "sandbox_layers", "run_usage"})
+_SUB_CALL = ("sub_call_started", "sub_call_finished")
 
 
 def _strip(value: Any) -> Any:
@@ -44,10 +46,28 @@ def _strip(value: Any) -> Any:
     return value
 
 
-def normalise(events: Iterable[rlm_pb2.CompletionEvent]) -> list[dict[str, Any]]:
-    """The events as dicts without times and ids; heartbeats dropped."""
-    return [_strip(json_format.MessageToDict(e, preserving_proto_field_name=True))
-            for e in events if e.WhichOneof("event") != "heartbeat"]
+def normalise(events: Iterable[rlm_pb2.CompletionEvent], *,
+              sort_sub_calls: bool = True) -> list[dict[str, Any]]:
+    """The events as dicts without times and ids; heartbeats dropped.
+
+    Concurrent sub-calls of one block start and end in whatever order the model
+    answers them, so each unbroken run of sub-call events is put in a fixed order.
+    A replay answers at once, so replays of one cassette agree even unsorted.
+    """
+    out: list[dict[str, Any]] = []
+    group: list[dict[str, Any]] = []
+    for event in events:
+        kind = event.WhichOneof("event")
+        if kind == "heartbeat":
+            continue
+        entry = _strip(json_format.MessageToDict(event, preserving_proto_field_name=True))
+        if kind in _SUB_CALL and sort_sub_calls:
+            group.append(entry)
+            continue
+        out += sorted(group, key=lambda e: json.dumps(e, sort_keys=True))
+        group = []
+        out.append(entry)
+    return out + sorted(group, key=lambda e: json.dumps(e, sort_keys=True))
 
 
 def first_difference(a: list[dict[str, Any]], b: list[dict[str, Any]]) -> str | None:

@@ -58,7 +58,8 @@ def request_record(model: str, messages: Sequence[Message],
                     "thinking_budget": options.thinking_budget,
                     "system_prompt_sha256": _sha(options.system_prompt or "")},
         "messages": [{"role": m.role, "chars": len(m.text), "sha256": _sha(m.text),
-                      "preview": m.text[:PREVIEW]} for m in messages],
+                      "preview": m.text[:PREVIEW], "tail": m.text[-PREVIEW:]}
+                     for m in messages],
     }
 
 
@@ -254,9 +255,12 @@ class ReplayBackend:
         nearest = max(same_model, key=shared)
         at = shared(nearest)
         if at < len(wanted) and at < len(nearest["messages"]):
+            old, new = nearest["messages"][at], wanted[at]
+            part = "preview" if old["preview"] != new["preview"] else "tail"
             return (f"replay: no recorded reply for this {request['model']} request; message "
-                    f"{at + 1} differs: recorded {nearest['messages'][at]['preview']!r}, now "
-                    f"{wanted[at]['preview']!r}")
+                    f"{at + 1} differs: recorded {old['chars']:,} characters "
+                    f"{'starting' if part == 'preview' else 'ending'} {old.get(part, '')!r}, "
+                    f"now {new['chars']:,} characters {new[part]!r}")
         if nearest["options"] != request["options"]:
             return f"replay: no recorded reply for this {request['model']} request; its options differ"
         return (f"replay: no recorded reply for this {request['model']} request "

@@ -77,12 +77,18 @@ import re
 from collections import Counter, defaultdict
 from datetime import datetime
 LABELS = {labels!r}
+
+def parse_day(value):
+    try:
+        return datetime.strptime(value, "%b %d, %Y")
+    except ValueError:
+        return None
+
 rows = []
 for line in text.splitlines():
     m = re.search(r"Date:\\s*(.+?)\\s*\\|\\|\\s*User:\\s*(\\d+)\\s*\\|\\|\\s*Instance:\\s*(.+)", line)
     if m:
-        rows.append((datetime.strptime(m.group(1), "%b %d, %Y"), int(m.group(2)),
-                     m.group(3).strip()))
+        rows.append((parse_day(m.group(1)), int(m.group(2)), m.group(3).strip()))
 groups = [rows[i:i + {step}] for i in range(0, len(rows), {step})]
 print(f"{{len(rows):,}} data rows in {{len(groups)}} groups of up to {step}")
 prompts = []
@@ -178,8 +184,8 @@ def _label(name: str) -> str:
 def _pair_test(question: str) -> str | None:
     """A Python test over ``day`` and ``label`` for one row, from the pair condition."""
     if (m := _AFTER.search(question)) is not None:
-        return (f"label == {_label(m[1])!r} and "
-                f"day > datetime.strptime({m[2]!r}, '%b %d, %Y')")
+        return (f"label == {_label(m[1])!r} and day is not None and "
+                f"day > parse_day({m[2]!r})")
     if (m := _EITHER.search(question)) is not None:
         return f"label in ({_label(m[1])!r}, {_label(m[2])!r})"
     if (m := _ONE.search(question)) is not None:
