@@ -25,7 +25,7 @@ CLUSTERS = ("vega-3", "vega-7", "orion-2", "lyra-5", "cygnus-1")
 SERVICES = ("api", "billing", "auth", "search", "scheduler", "ingest")
 MESSAGES = (
     "request served in {ms} ms", "cache miss for key user:{n}", "heartbeat ok",
-    "retrying upstream call ({n} of 3)", "connection pool at {n}% capacity",
+    "retrying upstream call ({k} of 3)", "connection pool at {n}% capacity",
     "job {n} finished", "slow query took {ms} ms", "token refreshed for client {n}",
 )
 QUESTION = "What is the recovery code for cluster vega-7?"
@@ -56,7 +56,8 @@ def make_logs(path: Path, target_bytes: int, seed: int = 7) -> int:
                 planted = True
             else:
                 message = rng.choice(MESSAGES).format(ms=rng.randint(2, 900),
-                                                      n=rng.randint(1, 99_999))
+                                                      n=rng.randint(1, 99_999),
+                                                      k=rng.randint(1, 3))
                 line = (f"{stamp} {rng.choice(('INFO ', 'INFO ', 'WARN ', 'DEBUG'))} "
                         f"cluster={rng.choice(CLUSTERS)} service={rng.choice(SERVICES)} "
                         f"{message}\n")
