@@ -30,7 +30,7 @@ run: install
 	$(BIN)/rlm-server
 
 lint: $(STAMP)
-	$(BIN)/ruff check rlm_service clients/python tests bench scripts
+	$(BIN)/ruff check rlm_service clients/python tests bench scripts evals
 	$(BIN)/mypy
 
 test: install lint

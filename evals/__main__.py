@@ -76,11 +76,12 @@ def main(argv: list[str] | None = None) -> int:
     except ValidationError as exc:
         print(f"eval: invalid settings: {exc}", file=sys.stderr)
         return 2
-    if not offline and not settings.backend_configured(backend):
+    name = settings.rlm_backend
+    if not offline and not settings.backend_configured(name):
         print(f"eval: the {backend} backend has no key or endpoint configured", file=sys.stderr)
         return 2
-    models = (args.root_model or settings.default_model(backend, sub=False),
-              args.sub_model or settings.default_model(backend, sub=True))
+    models = (args.root_model or settings.default_model(name, sub=False),
+              args.sub_model or settings.default_model(name, sub=True))
     tasks = suite.select(suite.quick_suite() if args.quick else suite.full_suite(),
                          set(args.family or ()), args.limit)
     print(f"eval: {len(tasks)} tasks on backend {backend} (root {models[0]}, sub {models[1]})")

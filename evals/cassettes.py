@@ -137,9 +137,9 @@ def main(argv: list[str] | None = None) -> int:
             request = {"prompt": args.prompt, "context": load_context(args.context_file),
                        "fields": {
                            "root_model": args.root_model
-                           or settings.default_model(args.backend, sub=False),
+                           or settings.default_model(settings.rlm_backend, sub=False),
                            "sub_model": args.sub_model
-                           or settings.default_model(args.backend, sub=True),
+                           or settings.default_model(settings.rlm_backend, sub=True),
                            "max_iterations": args.max_iterations, "timeout_seconds": 120}}
             record(args.directory, request, args.backend)
             print(f"recorded {args.directory}")

@@ -62,10 +62,11 @@ BANNER = "(offline scripted model)"
 _QUESTION = re.compile(r"Question:\n(.*?)\n\nYou have not looked", re.S)
 _WORD = re.compile(r"[a-z0-9][a-z0-9_-]*")
 _SENTENCE = re.compile(r"(?<=[.!?])\s+|\n")
-_STOP = frozenset(
+_STOP_WORDS = (
     "a an the of for to in on at by is are was were be been what which who whom whose when "
     "where why how does did do this that these those it its and or with from as into about "
-    "mentioned provided text context document given above below please tell me find".split())
+    "mentioned provided text context document given above below please tell me find")
+_STOP = frozenset(_STOP_WORDS.split())
 
 
 class ScriptedBackend:

@@ -111,7 +111,7 @@ def test_a_broken_cassette_is_refused_at_start(tmp_path: Path) -> None:
     (tmp_path / "bad.jsonl").write_text('{"cassette": 1}\nnot json\n')
     settings = Settings(_env_file=None, rlm_backend="replay",  # type: ignore[call-arg]
                         rlm_replay_cassette=str(tmp_path / "bad.jsonl"))
-    with pytest.raises(CassetteError, match="bad.jsonl:2: not JSON"):
+    with pytest.raises(CassetteError, match=r"bad\.jsonl:2: not JSON"):
         ReplayBackend.from_settings(settings)
     with pytest.raises(CassetteError, match="cannot read"):
         ReplayBackend.from_settings(settings.model_copy(
