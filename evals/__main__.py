@@ -26,6 +26,16 @@ OFFLINE = ("scripted", "replay")
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be 1 or more")
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="make eval ARGS=...", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -36,7 +46,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--sub-model", default="")
     p.add_argument("--family", action="append", choices=("s-niah", "oolong", "oolong-pairs"),
                    help="only these families (repeatable)")
-    p.add_argument("--limit", type=int, help="at most this many tasks per family")
+    p.add_argument("--limit", type=_positive, help="at most this many tasks per family")
     p.add_argument("--max-cost", type=float, default=2.0,
                    help="US dollar cap per task, enforced by the service (online)")
     p.add_argument("--timeout", type=float, default=0.0,

@@ -145,7 +145,10 @@ class RecordingBackend:
 
 
 def record_all(backends: dict[str, ModelBackend], directory: str) -> dict[str, ModelBackend]:
-    writer = CassetteWriter(Path(directory))
+    try:
+        writer = CassetteWriter(Path(directory))
+    except OSError as exc:
+        raise ValueError(f"RLM_RECORD={directory}: cannot create it: {exc.strerror}") from None
     log.info("RLM_RECORD: writing model calls to %s", directory)
     return {name: RecordingBackend(backend, writer) for name, backend in backends.items()}
 

@@ -28,8 +28,8 @@ As a SUB model it answers from the text it is given, for three prompt shapes
   (who → human being, where → location, how many / when → numeric value,
   stand for → abbreviation, why / definition → description, else entity).
 
-Usage is counted as the service estimates tokens (4 characters each); the
-price is 0. ``SCRIPTED_DELAY_SECONDS`` adds a fixed latency per call, so a live
+Its one model is ``offline-scripted``; other names fail with NOT_FOUND. Usage
+is counted as the service estimates tokens (4 characters each); the price is 0. ``SCRIPTED_DELAY_SECONDS`` adds a fixed latency per call, so a live
 view has something to show.
 """
 
@@ -41,12 +41,15 @@ import re
 import time
 from collections.abc import Sequence
 
+import grpc
+
 from rlm_service.config import Settings
 from rlm_service.models._base import (
     AttemptHook,
     DeltaHook,
     GenerateOptions,
     Message,
+    ModelError,
     ModelReply,
     RetryHook,
     TokenUsage,
@@ -90,6 +93,11 @@ class ScriptedBackend:
         on_retry: RetryHook | None = None,
         on_attempt: AttemptHook | None = None,
     ) -> ModelReply:
+        if model != MODEL_NAME:
+            # Billing a scripted reply at some real model's price would be a lie.
+            raise ModelError(f"model {model!r} is not served here: the offline scripted backend "
+                             f"has one model, {MODEL_NAME!r}", code=grpc.StatusCode.NOT_FOUND,
+                             kind="not_found")
         if on_attempt is not None:
             on_attempt()
         if self._delay:

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 import os
+import pty
 import re
+import select
 import subprocess
 import sys
 import time
@@ -78,3 +80,39 @@ def test_eval_online_without_yes_stops_at_the_cost_estimate(tmp_path: Path) -> N
     assert re.search(r"estimated cost up to \$\d+\.\d\d", done.stdout)
     assert "--yes" in done.stdout
     assert not list(tmp_path.iterdir())  # nothing ran, nothing written
+
+
+def test_on_a_terminal_the_demo_draws_the_live_view() -> None:
+    master, slave = pty.openpty()
+    env = {**ENV, "COLUMNS": "120", "LINES": "40", "TERM": "xterm-256color"}
+    proc = subprocess.Popen([sys.executable, "-m", "evals.demo", "--megabytes", "1",
+                             "--delay", "0.3"], cwd=ROOT, env=env, stdin=slave, stdout=slave,
+                            stderr=slave, close_fds=True)
+    os.close(slave)
+    chunks: list[bytes] = []
+    end = time.monotonic() + 90
+    try:
+        while time.monotonic() < end:
+            ready, _, _ = select.select([master], [], [], 0.5)
+            if ready:
+                try:
+                    data = os.read(master, 65536)
+                except OSError:  # EIO: the child closed the terminal
+                    break
+                if not data:
+                    break
+                chunks.append(data)
+            elif proc.poll() is not None:
+                break
+        code = proc.wait(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        os.close(master)
+    screen = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", b"".join(chunks).decode("utf-8", "replace"))
+    assert code == 0, screen[-3000:]
+    # rich's panels and the sub-call tree, mid-run and at the end.
+    assert "output (tail)" in screen and "running block" in screen
+    assert re.search(r"llm_query x\d+: \d+ in flight", screen)
+    assert "4417-KESTREL" in screen and "offline scripted model" in screen

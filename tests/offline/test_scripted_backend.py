@@ -4,7 +4,13 @@ code, the sub-calls answer from their chunks, and nothing is hard-wired."""
 from __future__ import annotations
 
 import random
+from pathlib import Path
 
+import grpc
+import pytest
+
+from rlm_service.config import Settings
+from rlm_service.models import build_backends
 from rlm_service.models.scripted import classify_question, sub_reply
 from rlm_service.server import Server
 from tests.conftest import StartServer, collect, final_of, of_kind
@@ -85,3 +91,24 @@ def test_sub_model_rules() -> None:
                       "What is the code for vega-7?\nReply ...\n\nText:\nvega-7 heartbeat ok\n"
                       "The code for vega-7 is: 99.\nThe code for vega-3 is: 11.")
     assert found == "The code for vega-7 is: 99."
+
+
+async def test_other_model_names_are_refused_not_billed(start_server: StartServer) -> None:
+    server = await start_server(**SCRIPTED)
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await _run(server, "What is x?", "x is: 1", root_model="gemini-2.5-pro")
+    assert info.value.code() == grpc.StatusCode.NOT_FOUND
+    assert "offline scripted backend has one model" in (info.value.details() or "")
+    # From the REPL, a sub-call to another model is an error string, not a crash.
+    events = await _run(server, "What is the gate code for depot orion-4?",
+                        "the gate code for depot orion-4 is: 5", sub_model="gpt-5")
+    finished = of_kind(events, "sub_call_finished")
+    assert finished and all(f.error and "not served here" in f.error_message for f in finished)
+
+
+def test_an_unwritable_record_folder_is_refused_at_start(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("")
+    settings = Settings(_env_file=None, rlm_backend="scripted",  # type: ignore[call-arg]
+                        rlm_record=str(tmp_path / "file" / "tapes"))
+    with pytest.raises(ValueError, match=r"RLM_RECORD=.*cannot create it"):
+        build_backends(settings)
