@@ -37,7 +37,7 @@ class LocalService:
         self.address = f"127.0.0.1:{self.port}"
         self.log_path = log_path
         self._env = {**os.environ, "HOST": "127.0.0.1", "PORT": str(self.port),
-                     "HTTP_PORT": "-1", "METRICS_PORT": "0", "SANDBOX_POOL_SIZE": "1",
+                     "HTTP_PORT": "-1", "METRICS_PORT": "0",
                      **settings}
         self._timeout = start_timeout
         self._proc: subprocess.Popen[bytes] | None = None

@@ -13,6 +13,9 @@ import sys
 import time
 from pathlib import Path
 
+from tests.conftest import API_KEY
+from tests.fakes.gemini import FakeGemini
+
 ROOT = Path(__file__).resolve().parents[2]
 # Nothing from the developer's shell may point the run at a real model.
 ENV = {k: v for k, v in os.environ.items()
@@ -116,3 +119,25 @@ def test_on_a_terminal_the_demo_draws_the_live_view() -> None:
     assert "output (tail)" in screen and "running block" in screen
     assert re.search(r"llm_query x\d+: \d+ in flight", screen)
     assert "4417-KESTREL" in screen and "offline scripted model" in screen
+
+
+def test_eval_online_runs_on_a_gemini_endpoint_after_the_estimate(tmp_path: Path) -> None:
+    """The online path, pointed at the fake Gemini: it answers no code, so every task
+    ends at the iteration limit, and the record says so."""
+    with FakeGemini() as fake:
+        env = {**ENV, "GEMINI_API_KEY": API_KEY, "GEMINI_BASE_URL": fake.base_url,
+               "MODEL_RETRY_BASE_SECONDS": "0.01"}
+        done = subprocess.run(
+            [sys.executable, "-m", "evals", "--quick", "--family", "s-niah", "--limit", "1",
+             "--yes", "--results-dir", str(tmp_path), "--doc", str(tmp_path / "d.md")],
+            cwd=ROOT, env=env, capture_output=True, text=True, timeout=120, check=False)
+        calls = len(fake.requests)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert re.search(r"estimated cost up to \$0\.\d\d", done.stdout)
+    assert "plumbing, not model quality" not in done.stdout
+    data = json.loads((tmp_path / "gemini-quick.json").read_text())
+    (task,) = data["tasks"]
+    assert data["root_model"] == "gemini-2.5-flash" and data["note"] == ""
+    assert task["stop_reason"] == "max_iterations" and task["iterations"] == 13
+    assert task["cost_usd"] > 0  # priced from the catalog
+    assert calls == 13
