@@ -37,8 +37,8 @@ RLM = [sys.executable, "-c", "from rlm_client.cli import main; main()"]
 HOW_TO_GEMINI = """\
 That was the offline scripted model: rules, not a language model. To run on Gemini for real:
 
-  GEMINI_API_KEY=... make run                                  # the service on :8080
-  .venv/bin/rlm run "{question}" --context-file {context}     # in another terminal
+  GEMINI_API_KEY=... make run          # the service on :8080, in one terminal
+  .venv/bin/rlm run "{question}" --context-file {context}    # in another
 """
 
 

@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-from tests.conftest import API_KEY
+from tests.conftest import API_KEY, repl
 from tests.fakes.gemini import FakeGemini
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -122,11 +122,15 @@ def test_on_a_terminal_the_demo_draws_the_live_view() -> None:
 
 
 def test_eval_online_runs_on_a_gemini_endpoint_after_the_estimate(tmp_path: Path) -> None:
-    """The online path, pointed at the fake Gemini: it answers no code, so every task
-    ends at the iteration limit, and the record says so."""
+    """The online path, pointed at the fake Gemini, whose scripted root reads the needle
+    with a regex: the real backend, SDK and wire format, scored like any model."""
     with FakeGemini() as fake:
-        env = {**ENV, "GEMINI_API_KEY": API_KEY, "GEMINI_BASE_URL": fake.base_url,
-               "MODEL_RETRY_BASE_SECONDS": "0.01"}
+        fake.script("special magic number", [
+            repl("print(len(context))"),
+            repl("import re\nresult = re.search(r'numbers for \\S+ is: (\\d+)', context)[1]\n"
+                 "FINAL_VAR('result')"),
+        ])
+        env = {**ENV, "GEMINI_API_KEY": API_KEY, "GEMINI_BASE_URL": fake.base_url}
         done = subprocess.run(
             [sys.executable, "-m", "evals", "--quick", "--family", "s-niah", "--limit", "1",
              "--yes", "--results-dir", str(tmp_path), "--doc", str(tmp_path / "d.md")],
@@ -138,6 +142,6 @@ def test_eval_online_runs_on_a_gemini_endpoint_after_the_estimate(tmp_path: Path
     data = json.loads((tmp_path / "gemini-quick.json").read_text())
     (task,) = data["tasks"]
     assert data["root_model"] == "gemini-2.5-flash" and data["note"] == ""
-    assert task["stop_reason"] == "max_iterations" and task["iterations"] == 13
+    assert task["score"] == 1.0 and task["stop_reason"] == "answered"
+    assert task["iterations"] == 2 and task["sub_calls"] == 0 and calls == 2
     assert task["cost_usd"] > 0  # priced from the catalog
-    assert calls == 13
