@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 from collections import deque
 from collections.abc import Sequence
 from pathlib import Path
@@ -98,7 +99,9 @@ class CassetteWriter:
             lines.append({"cassette": VERSION, "request_id": request_id})
         lines.append({"backend": backend, "request": request, **outcome})
         try:
-            with path.open("a", encoding="utf-8") as f:
+            # Replies and prompt excerpts are user data: readable by the service's user only.
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            with open(fd, "a", encoding="utf-8") as f:
                 for line in lines:
                     f.write(json.dumps(line, ensure_ascii=False) + "\n")
         except OSError as exc:

@@ -14,7 +14,7 @@ import pytest
 from evals.cassettes import first_difference, normalise
 from rlm_client.events import read_events
 from rlm_service.config import Settings
-from rlm_service.models.cassette import CassetteError, ReplayBackend
+from rlm_service.models.cassette import CassetteError, CassetteWriter, ReplayBackend
 from tests.conftest import SUB_MODEL, StartServer, collect, final_of, of_kind, repl
 from tests.fakes.gemini import FakeGemini
 from tests.offline.support import stub_for
@@ -121,3 +121,11 @@ def test_a_broken_cassette_is_refused_at_start(tmp_path: Path) -> None:
     with pytest.raises(CassetteError, match="no cassettes"):
         ReplayBackend.from_settings(settings.model_copy(update={"rlm_replay_cassette": str(empty)}))
     shutil.rmtree(empty)
+
+
+def test_cassettes_are_private_to_the_service_user(tmp_path: Path) -> None:
+    writer = CassetteWriter(tmp_path)
+    writer.write("scripted", {"model": "m", "options": {}, "messages": []},
+                 {"reply": {"text": "t", "usage": {}}})
+    (path,) = tmp_path.iterdir()
+    assert path.stat().st_mode & 0o777 == 0o600
