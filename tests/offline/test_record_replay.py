@@ -87,7 +87,7 @@ async def test_recording_a_gemini_run_then_replaying_it(
         repl("out = llm_query_batched([f'upper: {p}' for p in parts])\nprint(out)"),
         repl("summary = ' / '.join(out)\nFINAL_VAR('summary')"),
     ])
-    server = await start_server(rlm_record=str(tmp_path / "tape"), stream_root_text=False)
+    server = await start_server(rlm_record=str(tmp_path / "tape"))
     async with stub_for(server) as stub:
         original = await collect(stub, "MARK-REC join them", "a|b|c", timeout_seconds=60)
     tapes = list((tmp_path / "tape").glob("*.jsonl"))
