@@ -2,6 +2,7 @@
 
     python -m evals.cassettes record DIR --prompt P --context-file F [--backend gemini]
     python -m evals.cassettes check DIR
+    python -m evals.cassettes rerecord DIR [--backend scripted]
 
 ``record`` runs the request on a fresh service with ``RLM_RECORD`` and keeps,
 in DIR: ``request.json`` (prompt, context, request fields), ``cassette.jsonl``
@@ -9,6 +10,8 @@ in DIR: ``request.json`` (prompt, context, request fields), ``cassette.jsonl``
 writes them). ``check`` replays the cassette with ``RLM_BACKEND=replay`` and
 compares the events, ignoring times and ids; it exits 1 at the first difference.
 With a real model recorded once, ``check`` is an offline regression test.
+``rerecord`` records DIR's request again, after an intended change to the prompts
+or the loop (the shipped cassettes in tests/cassettes come from the scripted model).
 """
 
 from __future__ import annotations
@@ -129,8 +132,16 @@ def main(argv: list[str] | None = None) -> int:
     rec.add_argument("--max-iterations", type=int, default=8)
     chk = sub.add_parser("check")
     chk.add_argument("directory", type=Path)
+    again = sub.add_parser("rerecord")
+    again.add_argument("directory", type=Path)
+    again.add_argument("--backend", default="scripted", choices=("scripted", "gemini", "openai"))
     args = parser.parse_args(argv)
     try:
+        if args.command == "rerecord":
+            request = json.loads((args.directory / "request.json").read_text())
+            record(args.directory, request, args.backend)
+            print(f"recorded {args.directory} again")
+            return 0
         if args.command == "record":
             # Named in the request: a replay must ask for the models that were recorded.
             settings = Settings(rlm_backend=args.backend)
@@ -145,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"recorded {args.directory}")
             return 0
         difference = check(args.directory)
-    except (ServiceError, ContextError, OSError) as exc:
+    except (ServiceError, ContextError, OSError, json.JSONDecodeError) as exc:
         print(f"cassettes: {exc}", file=sys.stderr)
         return 2
     if difference:

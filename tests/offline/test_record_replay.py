@@ -38,8 +38,12 @@ async def test_a_shipped_cassette_replays_to_the_recorded_events(
     # Recorded from the scripted model, which like a replay answers at once: even the
     # order of concurrent sub-calls is reproduced.
     recorded = normalise(read_events(folder / "events.jsonl"), sort_sub_calls=False)
-    replayed = normalise(await _replay(start_server, folder / "cassette.jsonl", request),
-                         sort_sub_calls=False)
+    try:
+        events = await _replay(start_server, folder / "cassette.jsonl", request)
+    except grpc.aio.AioRpcError as exc:
+        pytest.fail(f"{exc.details()}\nIf the prompts or the loop changed on purpose, record "
+                    f"the cassette again: .venv/bin/python -m evals.cassettes rerecord {folder}")
+    replayed = normalise(events, sort_sub_calls=False)
     assert first_difference(recorded, replayed) is None
     assert len(replayed) > 5 and "final_answer" in replayed[-1]
 
