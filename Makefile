@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint typecheck proto install sandbox-deps bench clean
+.PHONY: run test lint typecheck proto install sandbox-deps bench clean demo eval
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -30,7 +30,7 @@ run: install
 	$(BIN)/rlm-server
 
 lint: $(STAMP)
-	$(BIN)/ruff check rlm_service clients/python tests bench scripts
+	$(BIN)/ruff check rlm_service clients/python tests bench scripts evals
 	$(BIN)/mypy
 
 test: install lint
@@ -42,6 +42,15 @@ proto: $(STAMP)
 bench: install
 	$(BIN)/python bench/sandbox_bench.py
 	$(BIN)/python bench/fanout_bench.py
+
+# Offline: the service on the scripted model, a planted fact in a few MB of logs, the live view.
+demo: install
+	$(BIN)/python -m evals.demo
+
+# Long-context evals (S-NIAH, OOLONG, OOLONG-Pairs). Offline on the scripted model unless
+# GEMINI_API_KEY is set. Flags go in ARGS: make eval ARGS=--quick, ARGS="--limit 5 --yes".
+eval: install
+	$(BIN)/python -m evals $(ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

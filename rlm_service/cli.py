@@ -25,11 +25,14 @@ def server_main() -> None:
         sys.exit(
             "rlm-server: no model endpoint configured. Set GEMINI_API_KEY (or GEMINI_BASE_URL "
             "for a Gemini-API-compatible server, or GOOGLE_GENAI_USE_VERTEXAI=true); for "
-            "RLM_BACKEND=openai set OPENAI_API_KEY or OPENAI_BASE_URL."
+            "RLM_BACKEND=openai set OPENAI_API_KEY or OPENAI_BASE_URL; for RLM_BACKEND=replay "
+            "set RLM_REPLAY_CASSETTE (RLM_BACKEND=scripted needs nothing)."
         )
     try:
         asyncio.run(serve(settings))
     except SandboxUnavailable as exc:
+        sys.exit(f"rlm-server: {exc}")
+    except ValueError as exc:  # build_backends: a backend that cannot be set up (e.g. a cassette)
         sys.exit(f"rlm-server: {exc}")
     except KeyboardInterrupt:
         pass

@@ -12,7 +12,8 @@ from typing import Literal
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-BackendName = Literal["gemini", "openai"]
+# "scripted" and "replay" are the offline backends (rlm_service/models/scripted.py, replay.py).
+BackendName = Literal["gemini", "openai", "scripted", "replay"]
 
 
 class Settings(BaseSettings):
@@ -61,6 +62,10 @@ class Settings(BaseSettings):
     model_prices_json: dict[str, dict[str, float]] = Field(default_factory=dict)
     model_input_limits_json: dict[str, int] = Field(default_factory=dict)
     model_default_input_limit: int = Field(default=128_000, ge=1)
+    # --- offline backends and cassettes (rlm_service/models/scripted.py, cassette.py) ---
+    scripted_delay_seconds: float = Field(0.0, ge=0, le=10)
+    rlm_record: str | None = None
+    rlm_replay_cassette: str | None = None
 
     # --- runs ---------------------------------------------------------------
     default_max_iterations: int = Field(30, ge=1)
@@ -106,11 +111,18 @@ class Settings(BaseSettings):
         return self.rlm_sub_backend or self.rlm_backend
 
     def default_model(self, backend: BackendName, *, sub: bool) -> str:
-        if backend == "gemini":
+        if backend == "scripted":
+            return "offline-scripted"
+        # A replayed cassette is usually a recorded Gemini run: same default names.
+        if backend in ("gemini", "replay"):
             return (self.gemini_sub_model_name if sub else None) or self.gemini_model_name
         return (self.openai_sub_model_name if sub else None) or self.openai_model_name
 
     def backend_configured(self, backend: BackendName) -> bool:
+        if backend == "scripted":
+            return True
+        if backend == "replay":
+            return bool(self.rlm_replay_cassette)
         if backend == "gemini":
             return bool(self.gemini_api_key or self.gemini_base_url) or vertex_configured()
         return bool(self.openai_api_key or self.openai_base_url)

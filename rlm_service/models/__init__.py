@@ -56,6 +56,14 @@ __all__ = [
 def build_backend(name: BackendName, settings: Settings,
                   limiter: asyncio.Semaphore | None = None) -> ModelBackend:
     # Imported here so a deployment using one provider never loads the other SDK.
+    if name == "scripted":  # offline backends: no network, no key
+        from rlm_service.models.scripted import ScriptedBackend
+
+        return ScriptedBackend(settings)
+    if name == "replay":
+        from rlm_service.models.cassette import ReplayBackend
+
+        return ReplayBackend.from_settings(settings)
     if name == "gemini":
         from rlm_service.models.gemini import GeminiBackend
 
@@ -81,7 +89,12 @@ def build_backends(settings: Settings) -> dict[str, ModelBackend]:
     for name in dict.fromkeys((settings.rlm_backend, settings.sub_backend)):
         if not settings.backend_configured(name):
             hint = ("GEMINI_API_KEY, GEMINI_BASE_URL or GOOGLE_GENAI_USE_VERTEXAI"
-                    if name == "gemini" else "OPENAI_API_KEY or OPENAI_BASE_URL")
+                    if name == "gemini" else "RLM_REPLAY_CASSETTE" if name == "replay"
+                    else "OPENAI_API_KEY or OPENAI_BASE_URL")
             raise ValueError(f"the {name} backend is needed but not configured: set {hint}")
         backends[name] = build_backend(name, settings, limiter)
+    if settings.rlm_record:
+        from rlm_service.models.cassette import record_all
+
+        backends = record_all(backends, settings.rlm_record)
     return backends

@@ -89,6 +89,8 @@ DEFAULT_PRICES: dict[str, ModelPrice] = {
     "gpt-5-nano": ModelPrice(0.05, 0.40, 0.005),
     "o3": ModelPrice(2.00, 8.00, 0.50),
     "o4-mini": ModelPrice(1.10, 4.40, 0.275),
+    # The offline scripted model (rlm_service/models/scripted.py) costs nothing.
+    "offline-scripted": ModelPrice(0.0, 0.0, 0.0),
 }
 
 _GEMINI_CONTEXT = 1_048_576
