@@ -50,7 +50,8 @@ HOG = textwrap.dedent("""
 
 async def test_one_memory_budget_for_all_processes_and_cleanup(
         start_server: StartServer, fake_gemini: FakeGemini) -> None:
-    server = await start_server(sandbox_memory_mb=MEMORY_MB, sandbox_pool_size=0)
+    server = await start_server(sandbox_memory_mb=MEMORY_MB, sandbox_pool_size=0,
+                                sandbox_pool_max=0)
     async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
         stub = rlm_pb2_grpc.RLMServiceStub(channel)
         marker = f"CG-{uuid.uuid4().hex}"
