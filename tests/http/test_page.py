@@ -72,7 +72,9 @@ def my_repls() -> set[int]:
 
 
 async def test_a_run_from_the_page_shows_iterations_tree_and_answer(
-        server: Server, fake_gemini: FakeGemini, browser: Browser) -> None:
+        start_server: StartServer, fake_gemini: FakeGemini, browser: Browser) -> None:
+    # Priced, so the cost meter has something to show (USD per 1M tokens).
+    server = await start_server(model_prices_json={"fake-": {"input": 1.0, "output": 4.0}})
     fake_gemini.script("MARK-PAGE", [
         repl("# two plain sub-calls and one child run\n"
              "answers = llm_query_batched(['first question', 'second question'])\n"
@@ -95,7 +97,9 @@ async def test_a_run_from_the_page_shows_iterations_tree_and_answer(
     await expect(iterations).to_have_count(2)
     first = iterations.nth(0)
     await expect(first.locator("h3")).to_have_text("Iteration 1")
-    await expect(first.locator(".model-text")).to_contain_text("Let me run this.")
+    # The reply's text, its code block folded away: it is shown highlighted below.
+    await expect(first.locator(".model-text")).to_have_text(
+        "Let me run this.\n[code block 1, below]")
     # The code is highlighted (Prism tokens), its output shown beside it.
     code = first.get_by_label("Code, iteration 1, block 1")
     await expect(code.locator(".token.comment")).to_have_text(
@@ -121,6 +125,8 @@ async def test_a_run_from_the_page_shows_iterations_tree_and_answer(
     assert tokens > 0
     assert (await page.locator("#calls").inner_text()) == "5"  # 2 root + 2 llm + 1 child turn
     assert float((await page.locator("#elapsed").inner_text()).split()[0]) > 0
+    cost = float((await page.locator("#cost").inner_text()).lstrip("$"))
+    assert 0 < cost < 0.1
     await expect(page.get_by_role("button", name="Run", exact=True)).to_be_enabled()
     await expect(page.get_by_role("button", name="Stop", exact=True)).to_be_disabled()
 
@@ -170,7 +176,7 @@ async def save_with_rlm(server: Server, prompt: str, path: Path) -> None:
         "--save", str(path), "--max-depth", "2",
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     try:
-        out, err = await asyncio.wait_for(proc.communicate(), 60)
+        _, err = await asyncio.wait_for(proc.communicate(), 60)
     finally:
         if proc.returncode is None:
             proc.kill()

@@ -19,6 +19,21 @@ function highlight(code) {
   return prism.highlight(code, prism.languages.python, "python");
 }
 
+// The model's reply without its code blocks, which are shown (highlighted, with
+// their output) right below it. The same fences as rlm_service/run/parsing.py.
+const FENCE = /```(?:repl|python|py)[ \t]*\r?\n[\s\S]*?```/gi;
+function showText(target, text) {
+  const parts = [];
+  let last = 0;
+  let block = 0;
+  for (const m of text.matchAll(FENCE)) {
+    parts.push(text.slice(last, m.index), el("span", "fence", `[code block ${++block}, below]`));
+    last = m.index + m[0].length;
+  }
+  parts.push(text.slice(last));
+  target.replaceChildren(...parts);
+}
+
 export class RunView {
   constructor() { this.reset(); }
 
@@ -162,7 +177,7 @@ export class RunView {
       this.addUsage(v.usage, v.callId);
       if (num(v.depth)) { this.childIteration(v.callId); return; }
       const it = this.iteration(v.iteration);
-      it.text.textContent = v.text || "";
+      showText(it.text, v.text || "");
       it.meta.textContent = Number(v.latencySeconds || 0).toFixed(2) + " s · " + tokensOf(v.usage) + " tokens";
     } else if (kind === "rootTextDelta" && !num(v.depth)) {
       this.iteration(v.iteration).text.textContent += v.text || "";
