@@ -62,10 +62,10 @@ async function start(ev) {
       return;
     }
     await read(response.body);
-    view.flush(true);
+    await view.drained();
     if (!view.done) view.finish("disconnected");
   } catch (err) {
-    view.flush(true);
+    await view.drained();
     if (err.name === "AbortError") {
       $("stop-reason").textContent = "cancelled (Stop)";
       view.finish("stopped");
@@ -94,16 +94,19 @@ async function read(stream) {
 
 function stop() { if (controller) controller.abort(); }
 
-function replay(text, name) {
+async function replay(text, name) {
   if (controller) return;
   view.reset();
+  const generation = view.generation;
   const { events, skipped } = parseSaved(text);
   const times = events.map((e) => (e.time ? Date.parse(e.time) : 0)).filter(Boolean);
   view.start = times.length ? times[0] : 0;
   view.end = times.length ? times[times.length - 1] : 0;
   view.onState("replaying", `Replaying ${name}`);
+  $("replay-info").textContent = `${name}: ${events.length} events…`;
   for (const e of events) view.push(e);
-  view.flush(true);
+  await view.drained();
+  if (generation !== view.generation) return; // another run or replay took over
   if (!events.length) view.onState("idle", `${name}: no events found`);
   else if (!view.done) view.onState("replayed (incomplete)", `Replayed ${name}; it has no final event`);
   $("replay-info").textContent = `${name}: ${events.length} events` +
@@ -131,7 +134,7 @@ $("context-file").addEventListener("change", async (ev) => {
 });
 $("load-file").addEventListener("change", async (ev) => {
   const file = ev.target.files[0];
-  if (file) replay(await file.text(), file.name);
+  if (file) await replay(await file.text(), file.name);
   ev.target.value = "";
 });
 document.addEventListener("keydown", (ev) => {

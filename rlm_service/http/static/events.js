@@ -49,8 +49,8 @@ export class SseParser {
 // A saved run: JSON lines (or a JSON array, or a captured SSE stream). Lines that
 // are not events are counted, not fatal: a run saved while it was killed may end
 // in a torn line. Events are put in `seq` order; one without a seq (the status
-// line `rlm` adds when a call ends without an error event) stays after the
-// event it followed.
+// line `rlm` adds when a call ends without an error event) goes after every
+// event above it in the file.
 export function parseSaved(text) {
   let items = [];
   let skipped = 0;
@@ -70,7 +70,7 @@ export function parseSaved(text) {
     const e = normalize(item);
     if (!e || typeof e !== "object" || !kindOf(e)) { skipped++; return; }
     const seq = num(e.seq);
-    last = seq || last;
+    last = Math.max(last, seq);
     events.push({ e, key: seq || last + 0.5, index });
   });
   events.sort((a, b) => a.key - b.key || a.index - b.index);

@@ -38,6 +38,8 @@ export class RunView {
   constructor() { this.reset(); }
 
   reset() {
+    this.generation = (this.generation || 0) + 1;
+    this.waiters = [];
     this.events = [];
     this.queue = [];
     this.head = 0;
@@ -67,17 +69,24 @@ export class RunView {
 
   // Applies queued events until the frame's budget is spent; the rest wait for
   // the next frame.
-  flush(all = false) {
+  flush() {
     this.frame = 0;
     const t0 = performance.now();
     while (this.head < this.queue.length) {
       this.apply(this.queue[this.head++]);
-      if (!all && (this.head & 15) === 0 && performance.now() - t0 > FRAME_BUDGET_MS) break;
+      if ((this.head & 15) === 0 && performance.now() - t0 > FRAME_BUDGET_MS) break;
     }
-    if (this.head >= this.queue.length) { this.queue = []; this.head = 0; }
-    else this.frame = requestAnimationFrame(() => this.flush());
     this.summary();
     this.meters();
+    if (this.head < this.queue.length) { this.frame = requestAnimationFrame(() => this.flush()); return; }
+    this.queue = []; this.head = 0;
+    for (const resolve of this.waiters.splice(0)) resolve();
+  }
+
+  // Resolves once every queued event is on screen.
+  drained() {
+    if (!this.pending) return Promise.resolve();
+    return new Promise((resolve) => this.waiters.push(resolve));
   }
 
   get pending() { return this.queue.length - this.head; }
