@@ -1,71 +1,21 @@
-"""The progress page in real headless Chromium (Debian's), against the real server and
-the fake Gemini API, driven by Playwright from PyPI."""
+"""The progress page in real headless Chromium (Debian's) during live runs, against the
+real server and the fake Gemini API, driven by Playwright from PyPI."""
 
 from __future__ import annotations
 
-import asyncio
-import itertools
-import json
 import os
 import re
-import shutil
 import statistics
-import sys
 import time
-from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
-from pathlib import Path
 
-import aiohttp
-import pytest
-from playwright.async_api import Page, Request, async_playwright, expect
+from playwright.async_api import expect
 
-from rlm_service.server import Server
 from tests.conftest import StartServer, process_tree, repl, sandbox_pids
 from tests.fakes.gemini import FakeGemini
+from tests.http.conftest import ARTIFACTS, Browser, needs_chromium, page_url
 from tests.recursion.test_cancel import alive, wait_for
 
-ROOT = Path(__file__).resolve().parents[2]
-# Playwright cannot download its own browsers here; `make test` installs Debian's.
-CHROMIUM = os.environ.get("CHROMIUM") or shutil.which("chromium") or shutil.which(
-    "chromium-browser")
-ARTIFACTS = Path(os.environ.get("TEST_ARTIFACTS_DIR") or ROOT / "test-artifacts")
-
-pytestmark = pytest.mark.skipif(
-    CHROMIUM is None,
-    reason="chromium not found: `make test` installs Debian's chromium with apt when run as "
-           "root (`make page-deps`); otherwise install it or set CHROMIUM=/path/to/chromium")
-
-
-@dataclass
-class Browser:
-    page: Page
-    errors: list[str] = field(default_factory=list)
-    requests: list[str] = field(default_factory=list)
-
-
-@pytest.fixture
-async def browser() -> AsyncIterator[Browser]:
-    assert CHROMIUM is not None
-    async with async_playwright() as pw:
-        chromium = await pw.chromium.launch(executable_path=CHROMIUM, timeout=30_000)
-        try:
-            context = await chromium.new_context(viewport={"width": 1280, "height": 900},
-                                                 accept_downloads=True)
-            context.set_default_timeout(15_000)
-            page = await context.new_page()
-            seen = Browser(page)
-            page.on("pageerror", lambda exc: seen.errors.append(str(exc)))
-            page.on("console", lambda msg: seen.errors.append(msg.text)
-                    if msg.type == "error" else None)
-            page.on("request", lambda req: seen.requests.append(req.url))
-            yield seen
-        finally:
-            await chromium.close()
-
-
-def page_url(server: Server) -> str:
-    return f"http://127.0.0.1:{server.http_port}/"
+pytestmark = needs_chromium
 
 
 def my_repls() -> set[int]:
@@ -171,67 +121,6 @@ async def test_stop_cancels_the_run_on_the_server(start_server: StartServer,
     assert browser.errors == []
 
 
-async def save_with_rlm(server: Server, prompt: str, path: Path) -> None:
-    """A real ``rlm run --save`` over gRPC (snake_case proto field names)."""
-    rlm = Path(sys.executable).with_name("rlm")
-    proc = await asyncio.create_subprocess_exec(
-        str(rlm), "run", prompt, "--server", f"127.0.0.1:{server.port}", "--plain",
-        "--save", str(path), "--max-depth", "2",
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    try:
-        _, err = await asyncio.wait_for(proc.communicate(), 60)
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-    assert proc.returncode == 0, err.decode()
-
-
-async def test_replays_a_saved_run_without_the_server(
-        server: Server, fake_gemini: FakeGemini, browser: Browser, tmp_path: Path) -> None:
-    fake_gemini.script("MARK-SAVED", [
-        repl("print(llm_query('a sub question'))\nprint(rlm_query('MARK-KID go'))"),
-        repl("FINAL('answer from the saved run')")])
-    fake_gemini.script("MARK-KID", [repl("FINAL('kid done')")])
-    saved = tmp_path / "run.jsonl"
-    await save_with_rlm(server, "MARK-SAVED please", saved)
-    assert '"sub_call_finished"' in saved.read_text()  # the CLI's snake_case spelling
-
-    page = browser.page
-    await page.goto(page_url(server))
-    # From here on the page may not reach any server.
-    blocked: list[Request] = []
-    await page.route("**/*", lambda route: (blocked.append(route.request), route.abort()))
-    await server.stop(grace=0)
-
-    await page.get_by_label("Replay a saved run").set_input_files(saved)
-    answer = page.get_by_role("region", name="Answer")
-    await expect(answer).to_contain_text("answer from the saved run")
-    await expect(page.locator("#state")).to_have_text("answered")
-    await expect(page.locator("#replay-info")).to_contain_text("run.jsonl: ")
-    await expect(page.locator("#iterations > li.iteration")).to_have_count(2)
-    await expect(page.get_by_label("Output").first).to_contain_text("kid done")
-    await expect(page.locator("#tree .node")).to_have_count(2)
-    await expect(page.locator("#tree-summary")).to_contain_text("1 llm_query, 1 rlm_query")
-    elapsed = float((await page.locator("#elapsed").inner_text()).split()[0])
-    assert elapsed > 0
-    tokens = await page.locator("#tokens").inner_text()
-
-    # The page's own export replays to the same view.
-    async with page.expect_download() as download_info:
-        await page.get_by_role("button", name="Export run").click()
-    exported = Path(await (await download_info.value).path())
-    assert '"subCallFinished"' in exported.read_text()  # the page's own (SSE) spelling
-    await page.get_by_label("Replay a saved run").set_input_files(exported)
-    await expect(page.locator("#replay-info")).to_contain_text(exported.name)
-    await expect(answer).to_contain_text("answer from the saved run")
-    await expect(page.locator("#tree .node")).to_have_count(2)
-    await expect(page.locator("#tokens")).to_have_text(tokens)
-    await expect(page.locator("#iterations > li.iteration")).to_have_count(2)
-    assert blocked == []
-    assert browser.errors == []
-
-
 async def test_stays_responsive_with_1000_sub_calls(start_server: StartServer,
                                                     fake_gemini: FakeGemini,
                                                     browser: Browser) -> None:
@@ -280,76 +169,3 @@ async def test_stays_responsive_with_1000_sub_calls(start_server: StartServer,
     assert max(lags) < 1000 and max(keys) < 1000, (lags, keys)
     assert max(tasks, default=0) < 1000, tasks
     assert browser.errors == []
-
-
-async def test_event_parsing_in_the_browser(start_server: StartServer, fake_gemini: FakeGemini,
-                                            browser: Browser) -> None:
-    server = await start_server(heartbeat_seconds=0.1)
-    fake_gemini.script("MARK-PARSE", [
-        repl("import time\ntime.sleep(0.3)\nprint(llm_query('x'))"), repl("FINAL('parsed')")])
-    async with aiohttp.ClientSession() as http, http.post(
-            f"http://127.0.0.1:{server.http_port}/v1/completions:stream",
-            json={"prompt": "MARK-PARSE"}) as response:
-        sse = await response.text()
-    frames = sse.count("\ndata: ") + sse.startswith("data: ")
-    assert ": heartbeat" in sse and frames >= 6
-    page = browser.page
-    await page.goto(page_url(server))
-    # The SSE parser gives the same events however the bytes are split.
-    result = await page.evaluate("""async (text) => {
-        const { SseParser } = await import("/static/events.js");
-        const split = (size) => { const p = new SseParser(); const out = [];
-          for (let i = 0; i < text.length; i += size) out.push(...p.feed(text.slice(i, i + size)));
-          return JSON.stringify(out); };
-        return { whole: split(text.length), sizes: [1, 7, 64, 1000].map(split) };
-    }""", sse)
-    events = json.loads(result["whole"])
-    assert len(events) == frames and events[-1]["finalAnswer"]["answer"] == "parsed"
-    # Heartbeats (comments) take seq numbers too, so data frames only increase.
-    assert all(int(a["seq"]) < int(b["seq"]) for a, b in itertools.pairwise(events))
-    assert result["sizes"] == [result["whole"]] * 4
-
-    # A saved file out of order, with a torn line and the seq-less status line
-    # `rlm` appends when a call ends without an error event.
-    lines = [
-        '{"seq": "2", "root_turn": {"iteration": 1, "text": "hi"}}',
-        '{"seq": "1", "run_started": {"request_id": "r1", "context_chars": "5"}}',
-        '{"error": {"code": "CANCELLED", "message": "cancelled with Ctrl-C"}}',
-        '{"seq": "3", "code_bl',
-    ]
-    saved = await page.evaluate("""async (text) => {
-        const { parseSaved } = await import("/static/events.js");
-        return parseSaved(text);
-    }""", "\n".join(lines))
-    assert saved["skipped"] == 1
-    assert [next(iter(set(e) - {"seq"})) for e in saved["events"]] == [
-        "runStarted", "rootTurn", "error"]
-    assert saved["events"][0]["runStarted"] == {"requestId": "r1", "contextChars": "5"}
-    await page.get_by_label("Replay a saved run").set_input_files(files=[{
-        "name": "cancelled.jsonl", "mimeType": "application/json",
-        "buffer": "\n".join(lines).encode()}])
-    await expect(page.locator("#state")).to_have_text("cancelled")
-    await expect(page.locator("#stop-reason")).to_have_text("error: CANCELLED")
-    await expect(page.locator("#replay-info")).to_have_text(
-        "cancelled.jsonl: 3 events, 1 unreadable line skipped")
-    assert browser.errors == []
-
-
-async def test_a_rejected_request_shows_the_servers_error(server: Server,
-                                                          browser: Browser) -> None:
-    page = browser.page
-    await page.goto(page_url(server))
-    await page.get_by_label("Prompt").fill("anything")
-    await page.get_by_label("Max iterations").fill("1000000000000")
-    await page.get_by_role("button", name="Run", exact=True).click()
-    await expect(page.locator("#state")).to_have_text("rejected")
-    await expect(page.get_by_role("region", name="Answer")).to_contain_text("Error 400: ")
-    # An empty prompt never leaves the page.
-    requests = len(browser.requests)
-    await page.get_by_label("Prompt").fill("  ")
-    await page.get_by_label("Prompt").press("Control+Enter")
-    await expect(page.get_by_label("Prompt")).to_have_attribute("aria-invalid", "true")
-    await expect(page.get_by_label("Prompt")).to_be_focused()
-    assert len(browser.requests) == requests
-    # The 400 is reported by Chromium's console; nothing else may be.
-    assert [e for e in browser.errors if "400" not in e] == []
