@@ -10,8 +10,8 @@ import time
 
 from playwright.async_api import expect
 
-from tests.conftest import StartServer, process_tree, repl, sandbox_pids
-from tests.fakes.gemini import FakeGemini
+from tests.conftest import SUB_MODEL, StartServer, process_tree, repl, sandbox_pids
+from tests.fakes.gemini import FakeGemini, Fault
 from tests.http.conftest import ARTIFACTS, Browser, needs_chromium, page_url
 from tests.recursion.test_cancel import alive, wait_for
 
@@ -125,6 +125,8 @@ async def test_stays_responsive_with_1000_sub_calls(start_server: StartServer,
                                                     fake_gemini: FakeGemini,
                                                     browser: Browser) -> None:
     server = await start_server(batch_concurrency=64)
+    # A few sub-calls fail (a 400 is not retried): they show as failed, the run goes on.
+    fake_gemini.inject(Fault.BAD_REQUEST_400, count=5, model=SUB_MODEL)
     fake_gemini.script("MARK-WIDE", [
         repl("r = llm_query_batched([f'item {i}' for i in range(1000)])\nprint(len(r))"),
         repl("FINAL('wide done')")])
@@ -153,9 +155,12 @@ async def test_stays_responsive_with_1000_sub_calls(start_server: StartServer,
         await page.keyboard.press("Backspace")
     await expect(page.get_by_role("region", name="Answer")).to_contain_text("wide done")
     await expect(page.locator("#tree .node")).to_have_count(1000)
-    await expect(page.locator('#tree .node[data-state="ok"]')).to_have_count(1000)
+    await expect(page.locator('#tree .node[data-state="ok"]')).to_have_count(995)
+    failed = page.locator('#tree .node[data-state="error"]')
+    await expect(failed).to_have_count(5)
+    await expect(failed.first.locator(".error-message")).to_contain_text("invalid argument")
     await expect(page.locator("#tree-summary")).to_contain_text(
-        "1000 sub-calls (0 running, 1000 ok, 0 failed)")
+        "1000 sub-calls (0 running, 995 ok, 5 failed) · depth 1: 1000 llm_query, 0 rlm_query")
     probe = await page.evaluate("window.probe")
     lags, keys, tasks = probe["lags"], probe["keyDelays"], probe["longTasks"]
     print(f"\n1000 sub-calls: {len(probe['lags'])} timer ticks, lag p50 "

@@ -168,10 +168,13 @@ export class RunView {
     if (n.iters) facts.push(n.iters + " iteration" + (n.iters === 1 ? "" : "s"));
     if (d.fellBackToLlm) facts.push("ran as llm_query at max depth");
     const preview = (d.promptPreview || "").slice(0, 80);
-    n.line.replaceChildren(el("span", "kind" + (rlm ? " rlm" : ""), rlm ? "rlm_query" : "llm_query"),
+    const parts = [el("span", "kind" + (rlm ? " rlm" : ""), rlm ? "rlm_query" : "llm_query"),
       el("span", "state state-" + state, state), el("span", "facts", facts.join(" · ")),
-      el("span", "preview", preview));
-    n.line.title = d.error ? d.errorMessage || "error" : d.responsePreview || "";
+      el("span", "preview", preview)];
+    // Shown, not only in a tooltip: keyboard and screen-reader users get it too.
+    if (d.error) parts.push(el("div", "error-message", d.errorMessage || "failed"));
+    n.line.replaceChildren(...parts);
+    n.line.title = d.responsePreview || "";
   }
 
   apply(e) {
