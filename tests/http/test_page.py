@@ -161,6 +161,8 @@ async def test_stays_responsive_with_1000_sub_calls(start_server: StartServer,
     await expect(failed.first.locator(".error-message")).to_contain_text("invalid argument")
     await expect(page.locator("#tree-summary")).to_contain_text(
         "1000 sub-calls (0 running, 995 ok, 5 failed) · depth 1: 1000 llm_query, 0 rlm_query")
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    await page.screenshot(path=ARTIFACTS / "page-1000-sub-calls.png")
     probe = await page.evaluate("window.probe")
     lags, keys, tasks = probe["lags"], probe["keyDelays"], probe["longTasks"]
     print(f"\n1000 sub-calls: {len(probe['lags'])} timer ticks, lag p50 "
