@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint typecheck proto install sandbox-deps page-deps bench clean
+.PHONY: run test lint typecheck proto install sandbox-deps bench clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -25,6 +25,7 @@ sandbox-deps:
 
 # Debian's chromium for the progress page's browser tests (Playwright cannot
 # download its own browsers here). Never fatal: without it those tests skip.
+.PHONY: page-deps
 page-deps:
 	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || { \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
