@@ -3,25 +3,18 @@ real server and the fake Gemini API, driven by Playwright from PyPI."""
 
 from __future__ import annotations
 
-import os
 import re
 import statistics
 import time
 
 from playwright.async_api import expect
 
-from tests.conftest import SUB_MODEL, StartServer, process_tree, repl, sandbox_pids
+from tests.conftest import SUB_MODEL, StartServer, busy_repl_pids, repl
 from tests.fakes.gemini import FakeGemini, Fault
 from tests.http.conftest import ARTIFACTS, Browser, needs_chromium, page_url
 from tests.recursion.test_cancel import alive, wait_for
 
 pytestmark = needs_chromium
-
-
-def my_repls() -> set[int]:
-    """Live REPL processes started by this test process (other test runs on the
-    machine have their own)."""
-    return {p for p in sandbox_pids() & process_tree(os.getpid()) if alive(p)}
 
 
 async def test_a_run_from_the_page_shows_iterations_tree_and_answer(
@@ -91,20 +84,19 @@ async def test_a_run_from_the_page_shows_iterations_tree_and_answer(
 async def test_stop_cancels_the_run_on_the_server(start_server: StartServer,
                                                   fake_gemini: FakeGemini,
                                                   browser: Browser) -> None:
-    # No warm pool: every REPL this test process owns belongs to a run.
-    server = await start_server(sandbox_pool_size=0)
+    server = await start_server()
     fake_gemini.script("MARK-SLOW", [repl("import time\ntime.sleep(60)\nFINAL('too late')")])
     page = browser.page
     await page.goto(page_url(server))
     # Keyboard only: type the prompt, Ctrl+Enter runs, Escape stops.
     await page.get_by_label("Prompt").focus()
     await page.keyboard.type("MARK-SLOW take your time")
-    before = my_repls()
     await page.keyboard.press("Control+Enter")
     await expect(page.locator("#iterations > li.iteration")).to_have_count(1)
     await expect(page.get_by_role("button", name="Stop", exact=True)).to_be_enabled()
-    assert await wait_for(lambda: bool(my_repls() - before), 10.0), "the run's REPL never started"
-    running = my_repls() - before
+    # The run's REPL (and its children), not the pool's idle ones.
+    assert await wait_for(lambda: bool(busy_repl_pids(server)), 10.0), "no REPL ever ran"
+    running = busy_repl_pids(server)
 
     await page.keyboard.press("Escape")
     stopped = time.monotonic()
@@ -116,7 +108,7 @@ async def test_stop_cancels_the_run_on_the_server(start_server: StartServer,
     engine = server.engine
     assert engine is not None
     assert await wait_for(lambda: not engine.active, 2.0)
-    assert my_repls() - before == set()
+    assert busy_repl_pids(server) == set()
     await expect(page.get_by_role("region", name="Answer")).not_to_contain_text("too late")
     await expect(page.get_by_role("button", name="Run", exact=True)).to_be_enabled()
     assert browser.errors == []
