@@ -1,8 +1,9 @@
 # syntax=docker/dockerfile:1
 #
-# rlm-service image: gRPC (h2c) on $PORT (8080), Prometheus /metrics on 9090.
+# rlm-service image: gRPC (h2c) on $PORT (8080), the HTTP/JSON face and progress
+# page on $HTTP_PORT (8081), Prometheus /metrics on 9090.
 # Build:  docker build -t rlm-service .
-# Run:    docker run --rm -p 8080:8080 -p 9090:9090 -e GEMINI_API_KEY rlm-service
+# Run:    docker run --rm -p 8080:8080 -p 8081:8081 -p 9090:9090 -e GEMINI_API_KEY rlm-service
 #
 # The base is pinned to a Python minor version and a Debian release so that
 # rebuilds pick up security patches but never a different Python or a
@@ -50,12 +51,13 @@ ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     PORT=8080 \
+    HTTP_PORT=8081 \
     METRICS_PORT=9090
 
 WORKDIR /home/rlm
 USER 10001:10001
 
-EXPOSE 8080 9090
+EXPOSE 8080 8081 9090
 
 # Docker/Compose only; Cloud Run ignores HEALTHCHECK and uses the gRPC
 # startup/liveness probes of deploy/cloudrun/service.yaml instead.

@@ -23,6 +23,20 @@ sandbox-deps:
 	     (apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq bubblewrap >/dev/null)); \
 	  else echo "warning: bwrap not found; install bubblewrap or set SANDBOX_ALLOW_MISSING"; fi; }
 
+# Debian's chromium for the progress page's browser tests (Playwright cannot
+# download its own browsers here). Never fatal: without it those tests skip.
+.PHONY: page-deps
+page-deps:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing chromium (for tests/http/test_page.py)"; \
+	    export DEBIAN_FRONTEND=noninteractive; \
+	    apt_install="apt-get install -y -qq --no-install-recommends -o DPkg::Lock::Timeout=300 chromium fonts-liberation"; \
+	    ($$apt_install >/dev/null 2>&1 || \
+	     (apt-get update -qq >/dev/null 2>&1 && $$apt_install >/dev/null 2>&1)) || \
+	    echo "warning: apt-get could not install chromium; the page tests will be skipped"; \
+	  else echo "warning: chromium not found and not root with apt-get to install it; the page tests will be skipped"; fi; }
+
 run: install
 	@if [ -z "$$GEMINI_API_KEY$$GEMINI_BASE_URL$$OPENAI_API_KEY$$OPENAI_BASE_URL$$GOOGLE_GENAI_USE_VERTEXAI" ]; then \
 	  echo "Set GEMINI_API_KEY (or GEMINI_BASE_URL for a Gemini-API-compatible server) to run the service." >&2; \
@@ -33,7 +47,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check rlm_service clients/python tests bench scripts evals
 	$(BIN)/mypy
 
-test: install lint
+test: install page-deps lint
 	$(BIN)/pytest -q
 
 proto: $(STAMP)

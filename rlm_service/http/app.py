@@ -84,10 +84,19 @@ async def _index(request: web.Request) -> web.FileResponse:
     return web.FileResponse(STATIC / "index.html")
 
 
+async def _revalidate_page(request: web.Request, response: web.StreamResponse) -> None:
+    """The page is a handful of ES modules: a browser that kept an old app.js next
+    to a new index.html would break, so it must revalidate each (an ETag or
+    Last-Modified check, usually a 304)."""
+    if request.path == "/" or request.path.startswith("/static/"):
+        response.headers["Cache-Control"] = "no-cache"
+
+
 def make_app(servicer: RLMServicer, settings: Settings) -> web.Application:
     # A 50 MB context is a normal request; the gRPC face's message limit applies.
     app = web.Application(middlewares=[_edge], client_max_size=settings.max_message_bytes)
     app[routes.SERVICER] = servicer
+    app.on_response_prepare.append(_revalidate_page)
     app.router.add_post("/completion", routes.completion)
     app.router.add_route("*", "/completion", routes.method_not_allowed("POST"))
     app.router.add_post("/v1/completions:stream", routes.stream)
