@@ -7,7 +7,8 @@ model code cannot leave: closing a REPL kills everything in its cgroups, so noth
 outlives the run whatever it did to its parents.
 
 cgroup v2 (one unified tree) and v1 (a tree per controller, as on many CI hosts) are
-both handled. The service creates ``rlm-<pid>`` under its own cgroup and one
+both handled. Each service (a ``Sandbox``) creates ``rlm-<pid>-<token>`` under its own
+cgroup (several may share a process, as in tests) and one
 ``repl-<token>`` per REPL below it. A REPL joins its cgroups before anything of it
 runs: a root ``sh`` writes its own pid into ``cgroup.procs`` and then execs the launch.
 """
@@ -17,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import secrets
 import shutil
 import signal
 import time
@@ -103,7 +105,7 @@ class CgroupTree:
         if sh is None:
             raise CgroupsUnavailable("no sh to join a cgroup before exec")
         self.sh = sh
-        name = f"rlm-{os.getpid()}"
+        name = f"rlm-{os.getpid()}-{secrets.token_hex(4)}"
         try:
             if _is_v2(root):
                 base = root / _own_path(None).lstrip("/") / name
@@ -123,6 +125,18 @@ class CgroupTree:
                 self.v2 = False
         except OSError as exc:
             raise CgroupsUnavailable(f"cannot create cgroups under {root}: {exc}") from exc
+        self._remove_dead_services()
+
+    def _remove_dead_services(self) -> None:
+        """Empties and removes what a service that died without closing left behind."""
+        for base in self.bases:
+            for other in base.parent.glob("rlm-*-*"):
+                pid = other.name.split("-")[1]
+                if other != base and pid.isdigit() and not Path(f"/proc/{pid}").exists():
+                    for group in other.glob("repl-*"):
+                        ReplCgroup((group,)).remove()
+                    with contextlib.suppress(OSError):
+                        other.rmdir()
 
     def create(self, token: str) -> ReplCgroup:
         dirs = tuple(base / f"repl-{token}" for base in self.bases)

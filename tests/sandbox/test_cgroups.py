@@ -22,8 +22,7 @@ MEMORY_MB = 1024
 
 def service_cgroups() -> list[Path]:
     """This test process's REPL cgroup folders (the server runs in this process)."""
-    name = f"rlm-{os.getpid()}"
-    return [p for p in Path("/sys/fs/cgroup").rglob(name) if p.is_dir()]
+    return [p for p in Path("/sys/fs/cgroup").rglob(f"rlm-{os.getpid()}-*") if p.is_dir()]
 
 
 # Four children each touch 400 MB: every one is inside RLIMIT_AS (1 GiB a process), but
@@ -77,3 +76,16 @@ async def test_one_memory_budget_for_all_processes_and_cleanup(
         await asyncio.sleep(0.05)
     await server.stop(grace=0)
     assert not any(p.exists() for p in bases)
+
+
+async def test_two_services_in_one_process_keep_their_own_cgroups(
+        start_server: StartServer, fake_gemini: FakeGemini) -> None:
+    first = await start_server(sandbox_pool_size=1)
+    second = await start_server(sandbox_pool_size=1)
+    await first.stop(grace=0)
+    marker = f"CG2-{uuid.uuid4().hex}"
+    fake_gemini.script(marker, [repl("FINAL(str(len(context)))")])
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{second.port}") as channel:
+        events = await asyncio.wait_for(
+            collect(rlm_pb2_grpc.RLMServiceStub(channel), f"{marker} go", "abcd"), 60)
+    assert final_of(events).answer == "4"
