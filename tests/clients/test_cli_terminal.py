@@ -53,7 +53,7 @@ def test_live_view_draws_every_part_and_ends_with_answer_and_summary(
     assert "depth  in flight  done" in text
     assert "iteration 2 · running block 1/1" in text
     # Usage and elapsed time move while the run goes on.
-    assert "model calls" in text and "s elapsed" in text
+    assert "· 0 model calls ·" in text and "s elapsed" in text
     elapsed = [float(part.split("s elapsed")[0].rsplit("· ", 1)[1])
                for part in text.split("\n") if "s elapsed" in part]
     assert max(elapsed) >= 0.5, elapsed
@@ -157,3 +157,13 @@ def test_ctrl_c_before_anything_arrives_still_exits_130(serve: ServeFn) -> None:
     while time.monotonic() < end and (server.active_runs() or server.fake.in_flight):
         time.sleep(0.05)
     assert server.active_runs() == 0 and server.fake.in_flight == 0
+
+
+def test_live_view_shows_a_refused_request_once_and_exits_2(live_server: LiveServer) -> None:
+    raw, code = finish(spawn_rlm("run", "x", "--server", live_server.address,
+                                 "--max-iterations", "100000"))
+    shown = screen(raw)
+    assert code == 2, shown
+    assert any("error INVALID_ARGUMENT" in line for line in shown), shown
+    assert sum("max_iterations must be between" in line for line in shown) == 1, shown
+    assert shown[-1].startswith("failed: INVALID_ARGUMENT · ")

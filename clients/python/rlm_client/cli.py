@@ -163,7 +163,9 @@ def _run(args: argparse.Namespace) -> int:
             state.fail(*status)
             if save is not None:
                 save.write(to_json(status_event(*status)) + "\n")
-        if status is not None and status[0] != "CANCELLED" and not state.events:
+        # The live view shows the error in its own panel; elsewhere say it once, plainly.
+        if status is not None and status[0] != "CANCELLED" and not state.events \
+                and not out.live:
             print(f"rlm: {status[0]}: {status[1]}", file=sys.stderr)
     if state.exit_code == EXIT_CANCELLED:
         print("rlm: cancelled", file=sys.stderr)
