@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint typecheck proto install sandbox-deps bench clean
+.PHONY: run test lint typecheck proto install sandbox-deps node-deps bench clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -23,6 +23,17 @@ sandbox-deps:
 	     (apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq bubblewrap >/dev/null)); \
 	  else echo "warning: bwrap not found; install bubblewrap or set SANDBOX_ALLOW_MISSING"; fi; }
 
+# Node.js runs the Node client's test (tests/clients/test_node_client.py); as root on
+# Debian/Ubuntu install it if missing, otherwise that test skips and says why.
+node-deps:
+	@command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing nodejs and npm"; \
+	    (apt-get install -y -qq nodejs npm >/dev/null 2>&1 || \
+	     (apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq nodejs npm >/dev/null)) || \
+	    echo "warning: could not install nodejs/npm; the Node client test will skip"; \
+	  else echo "warning: node not found; the Node client test will skip"; fi; }
+
 run: install
 	@if [ -z "$$GEMINI_API_KEY$$GEMINI_BASE_URL$$OPENAI_API_KEY$$OPENAI_BASE_URL$$GOOGLE_GENAI_USE_VERTEXAI" ]; then \
 	  echo "Set GEMINI_API_KEY (or GEMINI_BASE_URL for a Gemini-API-compatible server) to run the service." >&2; \
@@ -33,7 +44,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check rlm_service clients/python tests bench scripts
 	$(BIN)/mypy
 
-test: install lint
+test: install lint node-deps
 	$(BIN)/pytest -q
 
 proto: $(STAMP)

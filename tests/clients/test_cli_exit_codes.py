@@ -41,6 +41,17 @@ def test_3_partial_when_a_budget_stops_the_run(live_server: LiveServer) -> None:
     assert result.stderr.splitlines()[-1].startswith("stopped by max LLM calls · ")
 
 
+def test_3_partial_when_the_timeout_stops_the_run(live_server: LiveServer) -> None:
+    live_server.fake.script("MARK-SLOW", [repl(
+        "answer['content'] = 'half done'\nimport time\ntime.sleep(30)")])
+    started = time.monotonic()
+    result = run_rlm("run", "MARK-SLOW", "--server", live_server.address, "--timeout", "1")
+    assert result.returncode == 3, result.stderr
+    assert result.stdout == "half done\n"
+    assert result.stderr.splitlines()[-1].startswith("stopped by the timeout · ")
+    assert time.monotonic() - started < 15
+
+
 def test_2_server_says_invalid_argument(live_server: LiveServer) -> None:
     result = run_rlm("run", "anything", "--server", live_server.address, "--max-depth", "99")
     assert result.returncode == 2

@@ -198,6 +198,10 @@ def main(argv: list[str] | None = None) -> None:
     args = _parser().parse_args(argv)
     try:
         code = _run(args) if args.command == "run" else _replay(args)
+    except KeyboardInterrupt:
+        # Before any call was made (reading stdin, say): nothing to cancel on the server.
+        print("rlm: cancelled", file=sys.stderr)
+        code = EXIT_CANCELLED
     except BrokenPipeError:
         # The reader went away (`rlm run --json | head`); the run was cancelled with it.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
