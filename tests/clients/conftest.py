@@ -13,6 +13,7 @@ import re
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -94,9 +95,32 @@ def serve(fake_gemini: FakeGemini) -> Iterator[ServeFn]:
             thread.close()
 
 
+@pytest.fixture(scope="module")
+def _shared_server() -> Iterator[LiveServer]:
+    # One server per test module: starting one (sandbox probe, REPL pool) costs a second
+    # or two, more than most of these tests. Scripts are keyed by per-test markers.
+    with FakeGemini() as fake:
+        thread = _ServerThread(fake, {"http_port": -1})
+        try:
+            thread.call(thread.server.start(), timeout=60)
+            yield LiveServer(thread.server, fake, thread.loop)
+        finally:
+            thread.close()
+
+
 @pytest.fixture
-def live_server(serve: ServeFn) -> LiveServer:
-    return serve()
+def live_server(_shared_server: LiveServer) -> Iterator[LiveServer]:
+    """The module's real server, with the fake model's latency and faults reset after
+    each test and no run of that test left running."""
+    yield _shared_server
+    fake = _shared_server.fake
+    fake.latency = 0.0
+    fake.model_latency.clear()
+    fake.clear_faults()
+    end = time.monotonic() + 10
+    while _shared_server.active_runs() and time.monotonic() < end:
+        time.sleep(0.02)
+    assert _shared_server.active_runs() == 0, "a run outlived its test"
 
 
 def client_env(**extra: str) -> dict[str, str]:
