@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import signal
 import socket
 import subprocess
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.clients.conftest import RLM, LiveServer, client_env, run_rlm
+from tests.clients.conftest import PROJECT_ROOT, RLM, LiveServer, client_env, run_rlm
 from tests.conftest import repl
 from tests.fakes.gemini import Fault
 
@@ -167,3 +168,12 @@ def test_130_interrupt_off_a_terminal_cancels_the_run(live_server: LiveServer) -
     while live_server.active_runs() and time.monotonic() < end:
         time.sleep(0.05)
     assert live_server.active_runs() == 0
+
+
+def test_readme_documents_the_same_exit_codes_as_help() -> None:
+    readme = (PROJECT_ROOT / "README.md").read_text(encoding="utf-8").replace("`", "")
+    help_text = run_rlm("run", "--help").stdout
+    rows = re.findall(r"^  (\d+) +(.+)$", help_text[help_text.index("exit codes:"):], re.MULTILINE)
+    assert [code for code, _ in rows] == ["0", "3", "2", "4", "130"]
+    for code, meaning in rows:
+        assert f"| {code} | {meaning} |" in readme, (code, meaning)
