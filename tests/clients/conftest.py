@@ -14,7 +14,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,31 +74,12 @@ class _ServerThread:
                 self.loop.close()
 
 
-ServeFn = Callable[..., LiveServer]
-
-
-@pytest.fixture
-def serve(fake_gemini: FakeGemini) -> Iterator[ServeFn]:
-    """``serve(**settings_overrides)`` starts the real server on a free port."""
-    threads: list[_ServerThread] = []
-
-    def start(**overrides: Any) -> LiveServer:
-        thread = _ServerThread(fake_gemini, {"http_port": -1, **overrides})
-        threads.append(thread)
-        thread.call(thread.server.start(), timeout=60)
-        return LiveServer(thread.server, fake_gemini, thread.loop)
-
-    try:
-        yield start
-    finally:
-        for thread in threads:
-            thread.close()
-
-
 @pytest.fixture(scope="module")
 def _shared_server() -> Iterator[LiveServer]:
     # One server per test module: starting one (sandbox probe, REPL pool) costs a second
-    # or two, more than most of these tests. Scripts are keyed by per-test markers.
+    # or two, more than most of these tests. Scripts are keyed by per-test markers. Never
+    # two at once: servers of one process share its REPL cgroup parent, and the first
+    # to stop removes it.
     with FakeGemini() as fake:
         thread = _ServerThread(fake, {"http_port": -1})
         try:

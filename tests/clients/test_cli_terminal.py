@@ -8,7 +8,6 @@ from pathlib import Path
 
 from tests.clients.conftest import (
     LiveServer,
-    ServeFn,
     finish,
     our_guests,
     plain,
@@ -113,8 +112,8 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def test_ctrl_c_cancels_the_run_on_the_server(serve: ServeFn) -> None:
-    server = serve(sandbox_pool_size=1)
+def test_ctrl_c_cancels_the_run_on_the_server(live_server: LiveServer) -> None:
+    server = live_server
     marker = f"SLEEPER-{os.getpid()}-{time.monotonic_ns()}"
     # The block starts a process of its own, so the test can see the REPL's whole tree go.
     server.fake.script("MARK-CTRL-C", [repl(
@@ -142,8 +141,8 @@ def test_ctrl_c_cancels_the_run_on_the_server(serve: ServeFn) -> None:
     assert not [pid for pid in running if _alive(pid)], "REPL processes outlived the run"
 
 
-def test_ctrl_c_before_anything_arrives_still_exits_130(serve: ServeFn) -> None:
-    server = serve()
+def test_ctrl_c_before_anything_arrives_still_exits_130(live_server: LiveServer) -> None:
+    server = live_server
     server.fake.model_latency["fake-root"] = 30.0
     child = spawn_rlm("run", "slow root", "--server", server.address)
     child.expect("starting", timeout=20)
