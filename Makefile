@@ -37,6 +37,17 @@ page-deps:
 	    echo "warning: apt-get could not install chromium; the page tests will be skipped"; \
 	  else echo "warning: chromium not found and not root with apt-get to install it; the page tests will be skipped"; fi; }
 
+# Node.js runs the Node client's test (tests/clients/test_node_client.py); as root on
+# Debian/Ubuntu install it if missing, otherwise that test skips and says why.
+node-deps:
+	@command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing nodejs and npm"; \
+	    (apt-get install -y -qq nodejs npm >/dev/null 2>&1 || \
+	     (apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq nodejs npm >/dev/null)) || \
+	    echo "warning: could not install nodejs/npm; the Node client test will skip"; \
+	  else echo "warning: node not found; the Node client test will skip"; fi; }
+
 run: install
 	@if [ -z "$$GEMINI_API_KEY$$GEMINI_BASE_URL$$OPENAI_API_KEY$$OPENAI_BASE_URL$$GOOGLE_GENAI_USE_VERTEXAI" ]; then \
 	  echo "Set GEMINI_API_KEY (or GEMINI_BASE_URL for a Gemini-API-compatible server) to run the service." >&2; \
@@ -47,7 +58,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check rlm_service clients/python tests bench scripts evals
 	$(BIN)/mypy
 
-test: install page-deps lint
+test: install page-deps node-deps lint
 	$(BIN)/pytest -q
 
 proto: $(STAMP)

@@ -163,7 +163,9 @@ def _run(args: argparse.Namespace) -> int:
             state.fail(*status)
             if save is not None:
                 save.write(to_json(status_event(*status)) + "\n")
-        if status is not None and status[0] != "CANCELLED" and not state.events:
+        # The live view shows the error in its own panel; elsewhere say it once, plainly.
+        if status is not None and status[0] != "CANCELLED" and not state.events \
+                and not out.live:
             print(f"rlm: {status[0]}: {status[1]}", file=sys.stderr)
     if state.exit_code == EXIT_CANCELLED:
         print("rlm: cancelled", file=sys.stderr)
@@ -196,6 +198,10 @@ def main(argv: list[str] | None = None) -> None:
     args = _parser().parse_args(argv)
     try:
         code = _run(args) if args.command == "run" else _replay(args)
+    except KeyboardInterrupt:
+        # Before any call was made (reading stdin, say): nothing to cancel on the server.
+        print("rlm: cancelled", file=sys.stderr)
+        code = EXIT_CANCELLED
     except BrokenPipeError:
         # The reader went away (`rlm run --json | head`); the run was cancelled with it.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

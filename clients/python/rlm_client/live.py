@@ -95,8 +95,9 @@ def _depth_table(state: ViewState) -> Table:
 
 def _usage_line(state: ViewState) -> Text:
     u = state.usage
+    calls = f"{u.calls} model call{'s' * (u.calls != 1)}"
     return Text(f"tokens {u.tokens:,} (prompt {u.prompt_tokens:,} · output {u.output_tokens:,}"
-                f" · thinking {u.thinking_tokens:,}) · ${u.cost_usd:.4f} · {u.calls} model calls"
+                f" · thinking {u.thinking_tokens:,}) · ${u.cost_usd:.4f} · {calls}"
                 f" · {state.elapsed:.1f}s elapsed", style="cyan")
 
 
