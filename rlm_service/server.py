@@ -15,9 +15,10 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from rlm_service._gen.rlm.v1 import rlm_pb2, rlm_pb2_grpc
+from rlm_service._gen.rlm.v1 import rlm_pb2
 from rlm_service.callback import start_callback_server
 from rlm_service.config import Settings
+from rlm_service.decoding import add_servicer
 from rlm_service.http import HttpFace, start_http_face
 from rlm_service.models import ModelBackend, build_backends
 from rlm_service.reflection import enable_reflection
@@ -89,7 +90,7 @@ class Server:
             ("grpc.keepalive_permit_without_calls", 1),
         ]
         self._grpc = grpc.aio.server(interceptors=[MetricsInterceptor()], options=options)
-        rlm_pb2_grpc.add_RLMServiceServicer_to_server(self.servicer, self._grpc)
+        add_servicer(self.servicer, self._grpc)  # edge: parses request bytes itself
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._grpc)
         enable_reflection(self._grpc, (
             SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name))
