@@ -24,7 +24,7 @@ from rlm_service.auth import RELOAD_CHECK_SECONDS, digest_of
 from rlm_service.server import Server
 from rlm_service.telemetry.logs import CloudLoggingFormatter
 from rlm_service.telemetry.tracing import setup_tracing, shutdown_tracing
-from tests.conftest import final_of, repl
+from tests.conftest import repl
 from tests.fakes.gemini import FakeGemini
 
 ALICE, BOB, CAROL = "alice-secret-key-1", "bob-secret-key-2", "carol-secret-key-3"
