@@ -22,7 +22,7 @@ from tests.edge._support import COMPLETE, STREAM, call_raw, noisy_records
 # Statuses a request may deliberately end with; UNKNOWN and INTERNAL mean a crash.
 ALLOWED = {None, grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.DEADLINE_EXCEEDED,
            grpc.StatusCode.RESOURCE_EXHAUSTED}
-FUZZ = settings(max_examples=60, deadline=None, derandomize=True,
+FUZZ = settings(max_examples=60, deadline=None, derandomize=True, database=None,
                 suppress_health_check=[HealthCheck.function_scoped_fixture,
                                        HealthCheck.too_slow])
 
