@@ -27,6 +27,7 @@ from prometheus_client import Counter, Gauge
 
 from rlm_service._gen.rlm.v1 import rlm_pb2
 from rlm_service.config import Settings
+from rlm_service.google_tokens import GoogleIdTokens, InvalidToken, looks_like_jwt
 from rlm_service.telemetry.logs import api_key_id_var
 
 log = logging.getLogger(__name__)
@@ -156,14 +157,39 @@ class KeyRing:
         self._stamp: tuple[int, int, int] | None = None
         self._checked = 0.0
         self._usage: dict[str, _Usage] = {}
+        self.google = GoogleIdTokens(settings) if settings.google_id_token_audience else None
+        self._google_ids: dict[str, ApiKey] = {}
         # Fails start-up on a bad file or secret: a typo must not open the service.
         self._keys = self._load()
-        if not self._keys:
+        if not self._keys and self.google is None:
             raise ValueError("API_KEYS_FILE / API_KEYS hold no keys; every call would be refused")
 
     @staticmethod
     def enabled(settings: Settings) -> bool:
-        return bool(settings.api_keys_file or settings.api_keys)
+        return bool(settings.api_keys_file or settings.api_keys
+                    or settings.google_id_token_audience)
+
+    async def identify(self, authorization: str | None) -> ApiKey:
+        """Like ``authenticate``, and a Google ID token where those are accepted."""
+        token = (authorization or "").strip().partition(" ")[2].strip()
+        if self.google is None or not looks_like_jwt(token) or not (
+                authorization or "").lower().startswith("bearer "):
+            return self.authenticate(authorization)
+        try:
+            who = await self.google.verify(token)
+        except InvalidToken as exc:
+            rlm_auth_requests.labels("-", "denied").inc()
+            raise PermissionDenied(str(exc)) from None
+        # One identity per allowed account; without an allow-list all Google callers
+        # share "google" (labels must stay bounded, and so do the limit counters).
+        key_id = f"google:{who}" if self.google.emails else "google"
+        key = self._google_ids.get(key_id)
+        if key is None:
+            key = self._google_ids[key_id] = ApiKey(
+                key_id, b"", self.settings.api_key_max_concurrent_runs,
+                self.settings.api_key_max_usd_per_window)
+        rlm_auth_requests.labels(key_id, "ok").inc()
+        return key
 
     def _file_stamp(self) -> tuple[int, int, int] | None:
         if not self._path:

@@ -76,7 +76,7 @@ class AuthInterceptor(_InterceptorBase):
         if handler is None or service in OPEN_SERVICES:
             return handler
         try:
-            key = self.ring.authenticate(_metadata_value(details, "authorization"))
+            key = await self.ring.identify(_metadata_value(details, "authorization"))
         except Unauthenticated as exc:
             return _refusal(handler, grpc.StatusCode.UNAUTHENTICATED, str(exc))
         except PermissionDenied as exc:

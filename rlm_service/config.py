@@ -96,6 +96,10 @@ class Settings(BaseSettings):
     api_key_max_concurrent_runs: int = Field(0, ge=0)
     api_key_max_usd_per_window: float = Field(0.0, ge=0, allow_inf_nan=False)
     api_key_window_seconds: float = Field(3600.0, gt=0, allow_inf_nan=False)
+    # Google-signed ID tokens (Cloud Run IAM) as an alternative credential.
+    google_id_token_audience: str | None = None
+    google_id_token_emails: str = ""
+    google_id_token_certs_url: str = "https://www.googleapis.com/oauth2/v1/certs"
     grpc_reflection: bool = True
 
     # --- sandbox ------------------------------------------------------------

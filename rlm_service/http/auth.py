@@ -35,7 +35,7 @@ def auth_middleware(ring: KeyRing) -> Middleware:
         if request.path in OPEN_PATHS or request.path.startswith("/static/"):
             return await handler(request)
         try:
-            key = ring.authenticate(request.headers.get("Authorization"))
+            key = await ring.identify(request.headers.get("Authorization"))
         except Unauthenticated as exc:
             response = error_response(401, str(exc))
             response.headers["WWW-Authenticate"] = 'Bearer realm="rlm-service"'
