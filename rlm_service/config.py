@@ -79,6 +79,33 @@ class Settings(BaseSettings):
     child_run_concurrency: int = Field(4, ge=1)
     max_batch_prompts: int = Field(5000, ge=1)
     max_prompt_chars: int = Field(1_000_000, ge=1)
+    # JSON levels of list/object in a request's context. gRPC's protobuf parser
+    # stops at 100 message levels (about 49 JSON levels) whatever this says.
+    max_context_depth: int = Field(32, ge=1)
+
+    # --- spend ceilings (edge) -------------------------------------------------
+    # DEFAULT_* applies when a request leaves the field 0; a request may lower it
+    # but never ask for more than *_LIMIT (refused). A *_LIMIT of 0 = no ceiling.
+    default_max_llm_calls: int = Field(1000, ge=0)
+    max_llm_calls_limit: int = Field(10_000, ge=0)
+    default_max_total_tokens: int = Field(20_000_000, ge=0)
+    max_total_tokens_limit: int = Field(200_000_000, ge=0)
+    default_max_cost_usd: float = Field(5.0, ge=0, allow_inf_nan=False)
+    max_cost_usd_limit: float = Field(50.0, ge=0, allow_inf_nan=False)
+
+    # --- authentication (edge; see docs/security.md) ---------------------------
+    # Either or both: a file of ``id:sha256hex`` lines (re-read when it changes)
+    # and the same lines, comma- or newline-separated, in a secret variable.
+    api_keys_file: str | None = None
+    api_keys: SecretStr | None = None
+    api_key_max_concurrent_runs: int = Field(0, ge=0)
+    api_key_max_usd_per_window: float = Field(0.0, ge=0, allow_inf_nan=False)
+    api_key_window_seconds: float = Field(3600.0, gt=0, allow_inf_nan=False)
+    # Google-signed ID tokens (Cloud Run IAM) as an alternative credential.
+    google_id_token_audience: str | None = None
+    google_id_token_emails: str = ""
+    google_id_token_certs_url: str = "https://www.googleapis.com/oauth2/v1/certs"
+    grpc_reflection: bool = True
 
     # --- sandbox ------------------------------------------------------------
     # Comma-separated sandbox layers the service may run without, or "all".
@@ -104,6 +131,12 @@ class Settings(BaseSettings):
             raise ValueError("DEFAULT_MAX_ITERATIONS exceeds MAX_ITERATIONS_LIMIT")
         if self.default_max_depth > self.max_depth_limit:
             raise ValueError("DEFAULT_MAX_DEPTH exceeds MAX_DEPTH_LIMIT")
+        for name in ("max_llm_calls", "max_total_tokens", "max_cost_usd"):
+            default, limit = getattr(self, f"default_{name}"), getattr(self, f"{name}_limit")
+            # A default of 0 (no cap) under a ceiling would let every request past it.
+            if limit and not 0 < default <= limit:
+                raise ValueError(f"DEFAULT_{name.upper()} must be > 0 and <= "
+                                 f"{name.upper()}_LIMIT ({limit:g}) while that limit is set")
         return self
 
     @cached_property

@@ -16,9 +16,12 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from rlm_service._gen.rlm.v1 import rlm_pb2, rlm_pb2_grpc
+from rlm_service._gen.rlm.v1 import rlm_pb2
+from rlm_service.auth import KeyRing
+from rlm_service.auth_interceptor import AuthInterceptor
 from rlm_service.callback import start_callback_server
 from rlm_service.config import Settings
+from rlm_service.decoding import add_servicer
 from rlm_service.http import HttpFace, start_http_face
 from rlm_service.models import ModelBackend, build_backends
 from rlm_service.reflection import enable_reflection
@@ -53,12 +56,14 @@ class Server:
         self.engine: Engine | None = None
         self.servicer: RLMServicer | None = None
         self.sandbox: Sandbox | None = None
+        self.keys: KeyRing | None = None
         self._stopped = asyncio.Event()
         self._gauges: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         s = self.settings
         setup_tracing(s.otel_service_name)
+        self.keys = KeyRing(s) if KeyRing.enabled(s) else None  # edge: fails on a bad keys file
         self._backends = build_backends(s)
         if s.runtime_dir:
             self._runtime_dir = Path(s.runtime_dir)
@@ -90,17 +95,20 @@ class Server:
             ("grpc.http2.max_pings_without_data", 0),
             ("grpc.keepalive_permit_without_calls", 1),
         ]
-        self._grpc = grpc.aio.server(interceptors=[MetricsInterceptor()], options=options)
-        rlm_pb2_grpc.add_RLMServiceServicer_to_server(self.servicer, self._grpc)
+        # edge: the auth interceptor runs inside the metrics one (refusals are counted).
+        auth = [AuthInterceptor(self.keys)] if self.keys is not None else []
+        self._grpc = grpc.aio.server(interceptors=[MetricsInterceptor(), *auth], options=options)
+        add_servicer(self.servicer, self._grpc)  # edge: parses request bytes itself
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._grpc)
-        enable_reflection(self._grpc, (
-            SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name))
+        if s.grpc_reflection:
+            enable_reflection(self._grpc, (
+                SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name))
         self.port = self._grpc.add_insecure_port(f"{s.host}:{s.port}")
         if self.port == 0:
             raise RuntimeError(f"could not listen on {s.host}:{s.port}")
         await self._grpc.start()
         if s.http_port >= 0:
-            self._http = await start_http_face(self.servicer, s)
+            self._http = await start_http_face(self.servicer, s, self.keys)
             self.http_port = self._http.port
         if s.metrics_port >= 0:
             self._metrics = metrics.start_metrics_server(s.metrics_host, s.metrics_port)

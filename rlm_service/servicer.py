@@ -13,6 +13,7 @@ from typing import Any
 import grpc
 from google.protobuf import json_format
 
+from rlm_service import validation
 from rlm_service._gen.rlm.v1 import rlm_pb2, rlm_pb2_grpc
 from rlm_service.budget import Limits
 from rlm_service.config import Settings
@@ -41,6 +42,11 @@ def _check_options(opts: rlm_pb2.ModelOptions, which: str) -> GenerateOptions:
 def build_spec(request: rlm_pb2.CompletionRequest, settings: Settings,
                deadline_left: float | None) -> RunSpec:
     """Turns a request into a RunSpec or raises InvalidRequest with an actionable message."""
+    try:  # edge: value checks protobuf does not make, and the spend ceilings
+        validation.check_request(request, settings)
+        spend = validation.spend_limits(request, settings)
+    except validation.Refused as exc:
+        raise InvalidRequest(str(exc)) from None
     prompt = request.prompt
     if not prompt.strip():
         raise InvalidRequest("prompt is required: set `prompt` to the question to answer")
@@ -69,12 +75,6 @@ def build_spec(request: rlm_pb2.CompletionRequest, settings: Settings,
         raise InvalidRequest(
             f"max_depth must be between 1 and {s.max_depth_limit} (0 = default "
             f"{s.default_max_depth}), got {request.max_depth}")
-    if request.max_llm_calls < 0:
-        raise InvalidRequest("max_llm_calls must be >= 0 (0 = no cap)")
-    if request.max_total_tokens < 0:
-        raise InvalidRequest("max_total_tokens must be >= 0 (0 = no cap)")
-    if not math.isfinite(request.max_cost_usd) or request.max_cost_usd < 0:
-        raise InvalidRequest("max_cost_usd must be a finite number >= 0 (0 = no cap)")
     if not math.isfinite(request.timeout_seconds) or not (
             0 <= request.timeout_seconds <= s.max_timeout_seconds):
         raise InvalidRequest(
@@ -89,9 +89,9 @@ def build_spec(request: rlm_pb2.CompletionRequest, settings: Settings,
     limits = Limits(
         max_iterations=request.max_iterations or s.default_max_iterations,
         max_depth=request.max_depth or s.default_max_depth,
-        max_llm_calls=request.max_llm_calls,
-        max_total_tokens=request.max_total_tokens,
-        max_cost_usd=request.max_cost_usd,
+        max_llm_calls=spend.max_llm_calls,
+        max_total_tokens=spend.max_total_tokens,
+        max_cost_usd=spend.max_cost_usd,
         timeout_seconds=timeout,
     )
     return RunSpec(

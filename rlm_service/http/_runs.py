@@ -7,6 +7,7 @@ import contextlib
 from collections.abc import AsyncIterator
 
 from rlm_service._gen.rlm.v1 import rlm_pb2
+from rlm_service.auth import current_lease
 from rlm_service.run.engine import RunSpec
 from rlm_service.servicer import RLMServicer, build_spec
 from rlm_service.streaming import stream_events
@@ -29,4 +30,5 @@ async def run_events(servicer: RLMServicer,
     """The run's events; leaving the block early cancels the run at once."""
     async with contextlib.aclosing(
             stream_events(servicer.engine, servicer.settings, servicer.slots, spec)) as events:
-        yield events
+        lease = current_lease.get()  # edge: books the run's cost to its API key
+        yield events if lease is None else lease.watch(events)

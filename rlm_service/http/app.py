@@ -11,8 +11,10 @@ from aiohttp import web
 from opentelemetry.trace import SpanKind
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
+from rlm_service.auth import KeyRing
 from rlm_service.config import Settings
 from rlm_service.http import routes
+from rlm_service.http.auth import auth_middleware
 from rlm_service.http.errors import error_response
 from rlm_service.servicer import RLMServicer
 from rlm_service.telemetry import metrics
@@ -92,9 +94,12 @@ async def _revalidate_page(request: web.Request, response: web.StreamResponse) -
         response.headers["Cache-Control"] = "no-cache"
 
 
-def make_app(servicer: RLMServicer, settings: Settings) -> web.Application:
+def make_app(servicer: RLMServicer, settings: Settings,
+             keys: KeyRing | None = None) -> web.Application:
+    # edge: API keys, inside _edge so refusals get its metrics, span and JSON body.
+    middlewares = [_edge, *([auth_middleware(keys)] if keys is not None else [])]
     # A 50 MB context is a normal request; the gRPC face's message limit applies.
-    app = web.Application(middlewares=[_edge], client_max_size=settings.max_message_bytes)
+    app = web.Application(middlewares=middlewares, client_max_size=settings.max_message_bytes)
     app[routes.SERVICER] = servicer
     app.on_response_prepare.append(_revalidate_page)
     app.router.add_post("/completion", routes.completion)
@@ -120,10 +125,11 @@ class HttpFace:
         await self._runner.cleanup()
 
 
-async def start_http_face(servicer: RLMServicer, settings: Settings) -> HttpFace:
+async def start_http_face(servicer: RLMServicer, settings: Settings,
+                          keys: KeyRing | None = None) -> HttpFace:
     # handler_cancellation: a client that disconnects cancels its handler, and so
     # its run, at once (aiohttp leaves handlers running by default).
-    runner = web.AppRunner(make_app(servicer, settings), handler_cancellation=True,
+    runner = web.AppRunner(make_app(servicer, settings, keys), handler_cancellation=True,
                            shutdown_timeout=1.0, access_log=None)
     await runner.setup()
     host = settings.http_host.strip("[]") or "0.0.0.0"

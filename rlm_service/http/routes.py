@@ -29,6 +29,8 @@ async def _read_request(request: web.Request) -> rlm_pb2.CompletionRequest:
         body = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise BadBody(f"the body is not valid JSON: {exc}") from None
+    except RecursionError:  # edge: a hostile depth is a bad body, not a 500
+        raise BadBody("the body is nested too deeply to be a request") from None
     if not isinstance(body, dict):
         raise BadBody("the body must be a JSON object such as {\"prompt\": \"...\"}")
     if not isinstance(body.get("prompt"), str):

@@ -18,6 +18,7 @@ import dataclasses
 import logging
 import math
 import random
+import re
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
@@ -103,9 +104,19 @@ RETRYABLE_STATUS = frozenset({408, 500, 502, 503, 504})
 SERVER_MESSAGE_LIMIT = 300
 
 
+# edge: bodies that are no provider's error message but a proxy's or framework's page
+# (HTML, a traceback): shown as what they are, never quoted, since they can carry
+# internals and credentials of whatever produced them.
+_FOREIGN_BODY = re.compile(r"<\s*(?:!doctype|html|head|body)\b|Traceback \(most recent call",
+                           re.IGNORECASE)
+
+
 def server_detail(message: object, secrets: Iterable[str | None]) -> str:
     """A provider's error text, fit to show: one line, capped, no credentials."""
     text = " ".join(message.split()) if isinstance(message, str) else ""
+    if _FOREIGN_BODY.search(text):
+        kind = "an HTML page" if "<" in text else "a traceback"
+        return f"the reply was {kind}, not the API's error JSON (a proxy or gateway failed?)"
     if len(text) > SERVER_MESSAGE_LIMIT:
         text = text[:SERVER_MESSAGE_LIMIT].rstrip() + "..."
     return scrub(text, secrets)

@@ -138,8 +138,12 @@ _MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/@-]{0,127}")
 def valid_model_name(name: str) -> bool:
     """The shape every provider's model names have. Names come from clients
     and from REPL code; anything else is refused before it reaches a URL, a
-    metric label or a cache."""
-    return _MODEL_NAME.fullmatch(name) is not None
+    metric label or a cache. Path segments must be real names: ``a/../../x``
+    (which the Gemini SDK refuses only when the call is made) and empty or
+    ``.`` segments would address something other than a model."""
+    if _MODEL_NAME.fullmatch(name) is None or ".." in name:
+        return False
+    return all(part not in ("", ".") for part in name.split("/"))
 
 
 def estimate_tokens(text: str) -> int:

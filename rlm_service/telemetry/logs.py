@@ -33,6 +33,7 @@ __all__ = [
     "CloudLoggingFormatter",
     "add_secret",
     "add_secrets_from",
+    "api_key_id_var",
     "clear_secrets",
     "configure_logging",
     "redact",
@@ -43,6 +44,8 @@ REDACTED: Final = "[REDACTED]"
 
 request_id_var: ContextVar[str | None] = ContextVar("rlm_request_id", default=None)
 """The request being served; set it at the start of a run (contextvars follow tasks)."""
+api_key_id_var: ContextVar[str | None] = ContextVar("rlm_api_key_id", default=None)
+"""The API key id of the request being served (rlm_service/auth.py), when keys are on."""
 
 # Shorter strings are too likely to occur by chance (and would shred logs).
 _MIN_SECRET_LEN: Final = 6
@@ -163,6 +166,9 @@ class CloudLoggingFormatter(JsonFormatter):
         request_id = request_id_var.get()
         if request_id is not None:
             log_data["request_id"] = request_id
+        api_key_id = api_key_id_var.get()
+        if api_key_id is not None:
+            log_data["api_key_id"] = api_key_id
         span_context = trace.get_current_span().get_span_context()
         if span_context.is_valid:
             trace_id = format(span_context.trace_id, "032x")

@@ -38,6 +38,27 @@ class Fault(enum.Enum):
     MAX_TOKENS = "max_tokens"
     EMPTY_CANDIDATES = "empty_candidates"
     PROMPT_BLOCKED = "prompt_blocked"
+    # Chaos modes (tests/models/test_chaos.py):
+    DROP_MID_STREAM = "drop_mid_stream"  # some of the reply, then the connection drops
+    HTML_ERROR = "html_error"  # a proxy's HTML error page (param ``status``, default 500)
+    HUGE_REPLY = "huge_reply"  # a well-formed reply of ``size`` characters (default 50 MB)
+
+
+# What a crashed proxy in front of a model server might send: HTML, a traceback and a
+# credential, none of which may reach a client.
+HTML_ERROR_PAGE = (
+    "<!DOCTYPE html><html><head><title>500 Internal Server Error</title></head><body>"
+    "<h1>Internal Server Error</h1><pre>Traceback (most recent call last):\n"
+    '  File "/srv/proxy.py", line 12, in handle\n'
+    "    upstream(token='proxy-secret-7f3a')\nRuntimeError: upstream died</pre></body></html>"
+)
+HUGE_REPLY_CHARS = 50 * 1024 * 1024
+DROP_AFTER_FIRST_EVENT = web.RequestKey("drop_after_first_event", bool)
+
+
+def huge_reply(params: Mapping[str, Any]) -> Reply:
+    size = int(params.get("size", HUGE_REPLY_CHARS))
+    return Reply(text=str(params.get("fill", "x")) * size)
 
 
 @dataclass(frozen=True)
@@ -314,6 +335,20 @@ class FakeServer:
             return self._drop(request)
         if hit.fault is Fault.MALFORMED_JSON:
             return await self._malformed(request, stream=req.stream, body=hit.params.get("body"))
+        if hit.fault is Fault.HTML_ERROR:
+            return web.Response(status=int(hit.params.get("status", 500)), text=HTML_ERROR_PAGE,
+                                content_type="text/html")
+        if hit.fault is Fault.DROP_MID_STREAM:
+            if req.stream:
+                # The real reply starts; _send_sse drops the connection after its first event.
+                request[DROP_AFTER_FIRST_EVENT] = True
+                return None
+            resp = web.StreamResponse(status=200, headers={"Content-Type": "application/json",
+                                                           "Content-Length": "100000"})
+            await resp.prepare(request)
+            await resp.write(b'{"candidates": [{"content": {"parts": [{"text": "partial')
+            await asyncio.sleep(0.01)
+            return self._drop(request)
         return None
 
     @staticmethod
@@ -350,6 +385,8 @@ class FakeServer:
             if i and self.chunk_delay > 0:
                 # A gap makes the chunks arrive as separate reads.
                 await asyncio.sleep(self.chunk_delay)
+            if i and request.get(DROP_AFTER_FIRST_EVENT):
+                return self._drop(request)
             await resp.write(event)
         await resp.write_eof()
         return resp

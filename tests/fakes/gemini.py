@@ -18,6 +18,7 @@ from tests.fakes._common import (
     Reply,
     Req,
     chunk_text,
+    huge_reply,
     json_response,
     read_json,
     sse,
@@ -151,6 +152,8 @@ class FakeGemini(FakeServer):
             return self._error(code, status, message, details)
 
         reply = self._reply_for(req)
+        if fault is Fault.HUGE_REPLY:
+            reply = huge_reply(params)
         if fault is Fault.PROMPT_BLOCKED:
             blocked: dict[str, Any] = {
                 "promptFeedback": {

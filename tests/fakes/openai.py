@@ -19,6 +19,7 @@ from tests.fakes._common import (
     Reply,
     Req,
     chunk_text,
+    huge_reply,
     json_response,
     read_json,
     sse,
@@ -151,6 +152,8 @@ class FakeOpenAI(FakeServer):
             return self._error(fault, params, req, request)
 
         reply = self._reply_for(req)
+        if fault is Fault.HUGE_REPLY:
+            reply = huge_reply(params)
         if fault is Fault.EMPTY_CANDIDATES:
             if params.get("variant") == "null_content":
                 return await self._send(req, request, reply, None, "stop")

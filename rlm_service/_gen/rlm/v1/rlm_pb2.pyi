@@ -134,11 +134,17 @@ class CompletionRequest(_message.Message):
     max_depth: _builtins.int
     """Recursion depth for rlm_query. 1 (default) makes sub-calls plain model calls."""
     max_llm_calls: _builtins.int
-    """Cap on model calls at every depth, root included. 0 = no cap."""
+    """Cap on model calls at every depth, root included. 0 = the server's default;
+    above the server's limit the request is refused.
+    """
     max_total_tokens: _builtins.int
-    """Cap on tokens (prompt + output + thinking) at every depth. 0 = no cap."""
+    """Cap on tokens (prompt + output + thinking) at every depth. 0 = the server's default;
+    above the server's limit the request is refused.
+    """
     max_cost_usd: _builtins.float
-    """Cap on estimated cost in US dollars at every depth. 0 = no cap."""
+    """Cap on estimated cost in US dollars at every depth. 0 = the server's default;
+    above the server's limit the request is refused.
+    """
     timeout_seconds: _builtins.float
     """Wall-clock limit for the whole run in seconds. 0 = server default."""
     stream_root_text: _builtins.bool
