@@ -117,7 +117,8 @@ async def test_stop_cancels_the_run_on_the_server(start_server: StartServer,
 async def test_stays_responsive_with_1000_sub_calls(start_server: StartServer,
                                                     fake_gemini: FakeGemini,
                                                     browser: Browser) -> None:
-    server = await start_server(batch_concurrency=64)
+    # 1,002 model calls: past the shipped default ceiling of 1,000 a request.
+    server = await start_server(batch_concurrency=64, default_max_llm_calls=2000)
     # A few sub-calls fail (a 400 is not retried): they show as failed, the run goes on.
     fake_gemini.inject(Fault.BAD_REQUEST_400, count=5, model=SUB_MODEL)
     fake_gemini.script("MARK-WIDE", [
