@@ -29,8 +29,8 @@ from aiohttp import web
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench import trajectories  # noqa: E402
-from tests.fakes.gemini import FakeGemini, Req  # noqa: E402
+from bench import trajectories
+from tests.fakes.gemini import FakeGemini, Req
 
 _N_CALLS = re.compile(r"\bn=(\d+)")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]

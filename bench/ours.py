@@ -37,7 +37,7 @@ def channel(target: str) -> grpc.aio.Channel:
     return grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
 
 
-async def run_once(stub: rlm_pb2_grpc.RLMServiceStub, scenario: Scenario, context: Any = "ctx",
+async def run_once(stub: rlm_pb2_grpc.RLMServiceAsyncStub, scenario: Scenario, context: Any = "ctx",
                    prompt: str | None = None, keep_events: bool = False) -> Run:
     request = make_request(prompt or scenario.prompt(), context, max_depth=scenario.max_depth,
                            max_iterations=50)

@@ -87,7 +87,7 @@ CHILD: tuple[str, ...] = (
 
 TURNS5 = Scenario(
     "turns5", "5 root turns, no sub-calls",
-    tuple(repl(f"x{i} = {i}\nprint(len(context))") for i in range(4)) + (answer("x3"),),
+    (*(repl(f"x{i} = {i}\nprint(len(context))") for i in range(4)), answer("x3")),
     expected="3",
 )
 BATCH200 = Batched(
