@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import ours_alone, plots, report, rlms_side, side_by_side
-from bench.procs import ROOT, FakeProc
+from bench.procs import ROOT, FakeProc, ServerProc
 from bench.trajectories import SIDE_BY_SIDE
 
 FAMILIES = ("side_by_side", "startup", "contexts", "concurrency", "per_call")
@@ -61,16 +61,20 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         rlms_side.ensure_venv()
         v = rlms_side.versions()
         results["machine"].update(rlms=v["rlms"], rlms_genai=v["google-genai"])
-        latencies = [0.1] if quick else [0.0, 0.1, 1.0]
-        print("side by side", file=sys.stderr, flush=True)
-        rows = side_by_side.run_family(latencies, quick)
-        results["side_by_side"] = side_by_side.to_json(rows)
-        done("side_by_side")
     else:
         results["machine"].update(rlms="not run", rlms_genai="-")
-    with FakeProc() as fake:
+    # One fake and one server at the shipped defaults serve every family that does not
+    # need settings of its own. The long block timeout is for the per-call loop.
+    with FakeProc() as fake, ServerProc(fake.url, SANDBOX_BLOCK_TIMEOUT_SECONDS=600) as server:
+        done("start")
+        if "side_by_side" in families:
+            print("side by side", file=sys.stderr, flush=True)
+            rows = side_by_side.run_family(fake, server, [0.1] if quick else [0.0, 0.1, 1.0],
+                                           quick)
+            results["side_by_side"] = side_by_side.to_json(rows)
+            done("side_by_side")
         if "startup" in families:
-            results["startup"] = ours_alone.startup(fake, 3 if quick else 30)
+            results["startup"] = ours_alone.startup(fake, server, 3 if quick else 30)
             done("startup")
         if "contexts" in families:
             results["contexts"] = ours_alone.contexts(fake, [1, 10] if quick
@@ -78,10 +82,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             done("contexts")
         if "concurrency" in families:
             results["concurrency"] = ours_alone.concurrency(
-                fake, [1, 8] if quick else [1, 8, 32, 64], 2 if quick else 3, latency=0.1)
+                fake, server, [1, 8] if quick else [1, 8, 32, 64], 2 if quick else 3,
+                latency=0.1)
             done("concurrency")
         if "per_call" in families:
-            results["per_call"] = ours_alone.per_call(fake, 50 if quick else 400)
+            results["per_call"] = ours_alone.per_call(fake, server, 50 if quick else 400)
             done("per_call")
     results["wall_s"] = time.perf_counter() - started
     results["machine"]["load_end"] = _load()

@@ -61,13 +61,14 @@ async def _startup(target: str, runs: int, pooled: bool) -> dict[str, Any]:
             "errors": errors}
 
 
-def startup(fake: FakeProc, runs: int) -> dict[str, Any]:
+def startup(fake: FakeProc, server: ServerProc, runs: int) -> dict[str, Any]:
+    """``server`` runs the shipped defaults (a pool of 2); a second one has no pool."""
     fake.set_latency(0.0)
-    out: dict[str, Any] = {}
-    for name, pool in (("pooled", 2), ("cold", 0)):
-        _say(f"startup: {name} x{runs}")
-        with ServerProc(fake.url, SANDBOX_POOL_SIZE=pool) as server:
-            out[name] = asyncio.run(_startup(server.target, runs, pooled=pool > 0))
+    _say(f"startup: pooled x{runs}")
+    out: dict[str, Any] = {"pooled": asyncio.run(_startup(server.target, runs, pooled=True))}
+    _say(f"startup: cold x{runs}")
+    with ServerProc(fake.url, SANDBOX_POOL_SIZE=0) as cold:
+        out["cold"] = asyncio.run(_startup(cold.target, runs, pooled=False))
     return out
 
 
@@ -135,17 +136,16 @@ async def _streams(target: str, streams: int, runs_each: int, model_path: float
             "runs_per_s": done / wall, "wall_s": wall}
 
 
-def concurrency(fake: FakeProc, streams: list[int], runs_each: int, latency: float
-                ) -> list[dict[str, Any]]:
+def concurrency(fake: FakeProc, server: ServerProc, streams: list[int], runs_each: int,
+                latency: float) -> list[dict[str, Any]]:
     fake.set_latency(latency)
     model_path = STREAM_MODEL_CALLS * latency
     rows = []
-    with ServerProc(fake.url) as server:
-        for n in streams:
-            _say(f"concurrency: {n} streams x{runs_each}")
-            row = asyncio.run(_streams(server.target, n, runs_each, model_path))
-            row["model_path_s"] = model_path
-            rows.append(row)
+    for n in streams:
+        _say(f"concurrency: {n} streams x{runs_each}")
+        row = asyncio.run(_streams(server.target, n, runs_each, model_path))
+        row["model_path_s"] = model_path
+        rows.append(row)
     return rows
 
 
@@ -157,13 +157,12 @@ async def _per_call(target: str, n: int) -> ours.Run:
                                    prompt=f"{PER_CALL.prompt()} n={n}")
 
 
-def per_call(fake: FakeProc, n: int) -> dict[str, Any]:
+def per_call(fake: FakeProc, server: ServerProc, n: int) -> dict[str, Any]:
     _say(f"per-call: {n} llm_query")
     fake.set_latency(0.0)
-    with ServerProc(fake.url, SANDBOX_BLOCK_TIMEOUT_SECONDS=600) as server:
-        fake.reset()
-        run = asyncio.run(_per_call(server.target, n))
-        stats = fake.stats()
+    fake.reset()
+    run = asyncio.run(_per_call(server.target, n))
+    stats = fake.stats()
     if not run.ok:
         return {"error": run.error}
     in_repl = [d * 1000 for d in json.loads(run.answer)]

@@ -46,10 +46,12 @@ class RlmsResult:
     errors: list[str] = field(default_factory=list)
 
 
-def run(scenario: Scenario, fake_url: str, reps: int, context: Any = "ctx",
-        warmup: bool = True, timeout: float = 900.0) -> RlmsResult:
-    spec = {"prompt": scenario.prompt(), "context": context, "max_depth": scenario.max_depth,
-            "reps": reps, "warmup": ONE.prompt() if warmup else None, "api_key": API_KEY}
+def run_many(jobs: list[tuple[Scenario, int]], fake_url: str, warmup: bool = True,
+             context: Any = "ctx", timeout: float = 1800.0) -> list[RlmsResult]:
+    """Each (scenario, reps) in one worker process, in order."""
+    spec = {"api_key": API_KEY, "warmup": ONE.prompt() if warmup else None,
+            "jobs": [{"prompt": s.prompt(), "context": context, "max_depth": s.max_depth,
+                      "reps": reps} for s, reps in jobs]}
     env = clean_env()
     env.update({"GOOGLE_GEMINI_BASE_URL": fake_url, "GEMINI_API_KEY": API_KEY,
                 "PYTHONUNBUFFERED": "1"})
@@ -58,9 +60,12 @@ def run(scenario: Scenario, fake_url: str, reps: int, context: Any = "ctx",
     line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("BENCH-RESULT ")), None)
     if proc.returncode != 0 or line is None:
         raise RuntimeError(f"rlms worker failed (exit {proc.returncode}): {proc.stderr[-1500:]}")
-    data = json.loads(line.removeprefix("BENCH-RESULT "))
-    result = RlmsResult(times=data["times"], answers=data["answers"], errors=data["errors"])
-    for got in result.answers:
-        if scenario.expected and got != scenario.expected:
-            result.errors.append(f"wrong answer {got[:80]!r}, expected {scenario.expected!r}")
-    return result
+    out = []
+    for (scenario, _), data in zip(jobs, json.loads(line.removeprefix("BENCH-RESULT ")),
+                                   strict=True):
+        result = RlmsResult(times=data["times"], answers=data["answers"], errors=data["errors"])
+        for got in result.answers:
+            if scenario.expected and got != scenario.expected:
+                result.errors.append(f"wrong answer {got[:80]!r}, expected {scenario.expected!r}")
+        out.append(result)
+    return out

@@ -62,39 +62,49 @@ async def _ours(server: ServerProc, scenario: Scenario, reps: int, warm: bool) -
     return row
 
 
-def run_family(latencies: list[float], quick: bool) -> list[Row]:
+def run_family(fake: FakeProc, server: ServerProc, latencies: list[float], quick: bool
+               ) -> list[Row]:
+    """``server`` runs the shipped defaults; the wide one is started here (not in quick
+    mode). rlms runs every scenario of one latency in one worker process."""
     rows: list[Row] = []
-    with FakeProc(0.0) as fake:
-        # Quick mode leaves the wide configuration out: one server less to start.
-        servers = {"ours": ServerProc(fake.url)}
+    servers = {"ours": server}
+    try:
         if not quick:
             servers["ours-64"] = ServerProc(fake.url, **WIDE)
-        try:
-            for latency in latencies:
-                fake.set_latency(latency)
-                for scenario in SIDE_BY_SIDE:
-                    reps = reps_for(latency, scenario, quick)
-                    systems = ["ours", "ours-64", "rlms"] if (
-                        scenario.name in WIDE_SCENARIOS and not quick) else ["ours", "rlms"]
-                    for system in systems:
-                        print(f"  side by side: {scenario.name} L={latency} {system} x{reps}",
-                              file=sys.stderr, flush=True)
-                        if system == "rlms":
-                            res = rlms_side.run(scenario, fake.url, reps,
-                                                warmup=latency < 1.0)
-                            row = Row(scenario.name, latency, system, 0.0, res.times,
-                                      res.errors)
-                        else:
-                            row = asyncio.run(_ours(servers[system], scenario, reps,
-                                                    warm=latency < 1.0))
-                        row.latency = latency
-                        row.system = system
-                        row.ideal = scenario.ideal(latency, WIDTH[system])
-                        rows.append(row)
-        finally:
-            for server in servers.values():
-                server.stop()
-    return rows
+        for latency in latencies:
+            fake.set_latency(latency)
+            warm = latency < 1.0  # at 1 s a warm-up run costs more than it tells
+            jobs: list[tuple[Scenario, int]] = []
+            for scenario in SIDE_BY_SIDE:
+                reps = reps_for(latency, scenario, quick)
+                jobs.append((scenario, reps))
+                for system in servers:
+                    if system == "ours-64" and scenario.name not in WIDE_SCENARIOS:
+                        continue
+                    _say(f"{scenario.name} L={latency} {system} x{reps}")
+                    row = asyncio.run(_ours(servers[system], scenario, reps, warm))
+                    rows.append(_finish(row, scenario, latency, system))
+            _say(f"all scenarios L={latency} rlms")
+            for (scenario, _), res in zip(jobs, rlms_side.run_many(jobs, fake.url, warm),
+                                          strict=True):
+                row = Row(scenario.name, latency, "rlms", 0.0, res.times, res.errors)
+                rows.append(_finish(row, scenario, latency, "rlms"))
+    finally:
+        if "ours-64" in servers:
+            servers["ours-64"].stop()
+    order = {s.name: i for i, s in enumerate(SIDE_BY_SIDE)}
+    return sorted(rows, key=lambda r: (r.latency, order[r.scenario]))
+
+
+def _finish(row: Row, scenario: Scenario, latency: float, system: str) -> Row:
+    row.latency = latency
+    row.system = system
+    row.ideal = scenario.ideal(latency, WIDTH[system])
+    return row
+
+
+def _say(text: str) -> None:
+    print(f"  side by side: {text}", file=sys.stderr, flush=True)
 
 
 def to_json(rows: list[Row]) -> list[dict[str, Any]]:
