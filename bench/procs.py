@@ -81,6 +81,7 @@ class FakeProc(_Proc):
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline()
         if not line:
+            self.stop()
             raise RuntimeError("the fake Gemini process exited before it listened")
         self.url: str = json.loads(line)["url"]
 
@@ -122,7 +123,11 @@ class ServerProc(_Proc):
         self.log = (self.tmp / "server.log").open("wb")
         self.proc = subprocess.Popen([str(RLM_SERVER)], env=env, cwd=self.tmp, stdout=self.log,
                                      stderr=subprocess.STDOUT, start_new_session=True)
-        self._wait_ready()
+        try:
+            self._wait_ready()
+        except BaseException:
+            self.stop()
+            raise
 
     @property
     def pid(self) -> int:
