@@ -57,7 +57,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         results["family_seconds"][family] = round(now - mark, 1)
         mark = now
 
-    if "side_by_side" in families:
+    if "side_by_side" in families or "per_call" in families:
         rlms_side.ensure_venv()
         v = rlms_side.versions()
         results["machine"].update(rlms=v["rlms"], rlms_genai=v["google-genai"])

@@ -13,7 +13,7 @@ import sys
 import time
 from typing import Any
 
-from bench import ours
+from bench import ours, rlms_side
 from bench.procs import FakeProc, PeakSampler, ServerProc
 from bench.trajectories import CONTEXT, ONE, PER_CALL, STREAM, STREAM_MODEL_CALLS
 from rlm_service._gen.rlm.v1 import rlm_pb2_grpc
@@ -165,9 +165,25 @@ def per_call(fake: FakeProc, server: ServerProc, n: int) -> dict[str, Any]:
     stats = fake.stats()
     if not run.ok:
         return {"error": run.error}
-    in_repl = [d * 1000 for d in json.loads(run.answer)]
-    # Every sub request the fake saw (the warm-up call included) and the root turn.
+    out = _overhead(run.answer, stats)
+    out["n"] = n
+    # The same loop through rlms, for scale (its REPL runs the same code).
+    _say(f"per-call: {n} llm_query through rlms")
+    rlms_side.ensure_venv()
+    fake.reset()
+    res = rlms_side.run_many([(PER_CALL, 1)], fake.url, prompt_suffix=f" n={n}")[0]
+    stats = fake.stats()
+    if res.errors or not res.answers[0].startswith("["):
+        out["rlms"] = {"error": (res.errors or [res.answers[0][:200]])[0]}
+    else:
+        out["rlms"] = _overhead(res.answers[0], stats)
+    return out
+
+
+def _overhead(durations_json: str, stats: dict[str, Any]) -> dict[str, Any]:
+    in_repl = [d * 1000 for d in json.loads(durations_json)]
+    # Mean over every request the fake saw: the sub-calls, the warm-up and root turns.
     fake_ms = stats["handler_seconds"] * 1000 / max(1, stats["requests"])
     overhead = [d - fake_ms for d in in_repl]
-    return {"n": n, "llm_query_ms": summary(in_repl), "fake_ms_per_request": fake_ms,
+    return {"llm_query_ms": summary(in_repl), "fake_ms_per_request": fake_ms,
             "overhead_ms": summary(overhead), "overhead_samples": overhead}

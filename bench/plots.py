@@ -96,12 +96,16 @@ def concurrency(rows: list[dict[str, Any]], path: Path) -> None:
 
 def per_call(data: dict[str, Any], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(6, 3.4))
-    samples = data.get("overhead_samples") or []
-    ax.hist(samples, bins=40, color=COLORS["ours"])
-    median = data.get("overhead_ms", {}).get("median")
-    if median is not None:
-        ax.axvline(median, color="black", linestyle="--", label=f"median {median:.2f} ms")
-        ax.legend(fontsize=8)
+    for label, d, color in (("ours", data, COLORS["ours"]),
+                            ("rlms 0.1.3", data.get("rlms") or {}, COLORS["rlms"])):
+        samples = d.get("overhead_samples") or []
+        median = d.get("overhead_ms", {}).get("median")
+        if not samples or median is None:
+            continue
+        ax.hist(samples, bins=40, color=color, alpha=0.6,
+                label=f"{label}: median {median:.2f} ms")
+        ax.axvline(median, color=color, linestyle="--")
+    ax.legend(fontsize=8)
     ax.set_xlabel("llm_query overhead, fake's own time subtracted (ms)")
     ax.set_ylabel("calls")
     ax.set_title("Per-call overhead of llm_query", fontsize=10)

@@ -120,16 +120,21 @@ def per_call(data: dict[str, Any]) -> list[str]:
     out = ["### Per-call overhead of `llm_query`", ""]
     if "error" in data:
         return [*out, f"**failed**: `{data['error']}`"]
-    lq, ov = data["llm_query_ms"], data["overhead_ms"]
     out += [f"{data['n']} sequential `llm_query` calls timed inside the REPL at latency 0; "
-            f"the fake's own handling time ({data['fake_ms_per_request']:.3f} ms per request, "
-            "measured in the fake) is subtracted.", "",
-            "| | median | p95 | min |", "|---|---|---|---|",
-            f"| `llm_query` from REPL code | {_ms(lq['median'])} | {_ms(lq['p95'])} | "
-            f"{_ms(lq['min'])} |",
-            f"| **overhead** | **{_ms(ov['median'])}** | {_ms(ov['p95'])} | {_ms(ov['min'])} |",
-            "", "![per-call](img/bench-percall.png)"]
-    return out
+            "the fake's own handling time per request (measured in the fake) is subtracted. "
+            "The same REPL code through rlms is shown for scale.", "",
+            "| | `llm_query` median | p95 | fake's own time | **overhead** median | p95 | min |",
+            "|---|---|---|---|---|---|---|"]
+    for label, d in (("ours", data), ("rlms 0.1.3", data.get("rlms") or {})):
+        if "llm_query_ms" not in d:
+            out.append(f"| {label} | **failed**: `{d.get('error', 'not run')[:120]}` "
+                       "| | | | | |")
+            continue
+        lq, ov = d["llm_query_ms"], d["overhead_ms"]
+        out.append(f"| {label} | {_ms(lq['median'])} | {_ms(lq['p95'])} | "
+                   f"{d['fake_ms_per_request']:.3f} ms | **{_ms(ov['median'])}** | "
+                   f"{_ms(ov['p95'])} | {_ms(ov['min'])} |")
+    return [*out, "", "![per-call](img/bench-percall.png)"]
 
 
 def render(results: dict[str, Any]) -> str:

@@ -47,10 +47,12 @@ class RlmsResult:
 
 
 def run_many(jobs: list[tuple[Scenario, int]], fake_url: str, warmup: bool = True,
-             context: Any = "ctx", timeout: float = 1800.0) -> list[RlmsResult]:
+             context: Any = "ctx", timeout: float = 1800.0, prompt_suffix: str = ""
+             ) -> list[RlmsResult]:
     """Each (scenario, reps) in one worker process, in order."""
     spec = {"api_key": API_KEY, "warmup": ONE.prompt() if warmup else None,
-            "jobs": [{"prompt": s.prompt(), "context": context, "max_depth": s.max_depth,
+            "jobs": [{"prompt": s.prompt() + prompt_suffix, "context": context,
+                      "max_depth": s.max_depth,
                       "reps": reps} for s, reps in jobs]}
     env = clean_env()
     env.update({"GOOGLE_GEMINI_BASE_URL": fake_url, "GEMINI_API_KEY": API_KEY,

@@ -59,6 +59,7 @@ def test_quick_suite_writes_the_report(tmp_path: Path) -> None:
     assert all(r["ok"] for r in results["contexts"]), results["contexts"]
     assert all(r["errors"] == 0 for r in results["concurrency"]), results["concurrency"]
     assert results["per_call"]["llm_query_ms"]["n"] == 50
+    assert results["per_call"]["rlms"]["llm_query_ms"]["n"] == 50, results["per_call"]["rlms"]
 
     text = (tmp_path / "performance.md").read_text()
     assert report.BEGIN in text and report.END in text
