@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint typecheck proto install sandbox-deps bench clean demo eval
+.PHONY: run test lint typecheck proto install sandbox-deps bench bench-quick clean demo eval
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -64,9 +64,14 @@ test: install page-deps node-deps lint
 proto: $(STAMP)
 	$(BIN)/python scripts/gen_proto.py
 
+# The benchmark suite (docs/performance.md, docs/img/). It puts rlms into its own
+# .venv-rlms from PyPI on first use. make can't take --quick itself: use bench-quick,
+# or pass flags as BENCH_ARGS="--only contexts".
 bench: install
-	$(BIN)/python bench/sandbox_bench.py
-	$(BIN)/python bench/fanout_bench.py
+	$(BIN)/python -m bench $(BENCH_ARGS)
+
+bench-quick: install
+	$(BIN)/python -m bench --quick $(BENCH_ARGS)
 
 # Offline: the service on the scripted model, a planted fact in a few MB of logs, the live view.
 demo: install
@@ -78,4 +83,4 @@ eval: install
 	$(BIN)/python -m evals $(ARGS)
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .venv-rlms .pytest_cache .mypy_cache .ruff_cache

@@ -100,7 +100,7 @@ class FakeInProcess:
         self.fake.stop()
 
 
-async def one_run(stub: rlm_pb2_grpc.RLMServiceStub, n: int) -> tuple[float, list[Any]]:
+async def one_run(stub: rlm_pb2_grpc.RLMServiceAsyncStub, n: int) -> tuple[float, list[Any]]:
     started = time.perf_counter()
     events = [e async for e in stub.StreamCompletion(make_request(f"{MARK} go", "ctx"))]
     elapsed = time.perf_counter() - started
@@ -159,7 +159,7 @@ async def main_async(args: argparse.Namespace) -> float:
         profiler.dump_stats(args.profile)
         print(f"profile written to {args.profile}")
     median = statistics.median(times)
-    ratio = median / ideal
+    ratio: float = median / ideal
     print(f"N={args.n} C={args.concurrency} L={args.root_latency} S={args.sub_latency}: "
           f"ideal {ideal:.3f} s, median {median:.3f} s (min {min(times):.3f}, "
           f"max {max(times):.3f}), ratio {ratio:.3f} (target <= 1.15)")

@@ -49,7 +49,7 @@ async def main_async(args: argparse.Namespace, base_url: str) -> None:
     from google import genai
     from google.genai import types
 
-    settings = Settings(_env_file=None, gemini_api_key="bench-key-0123456789",  # type: ignore[call-arg]
+    settings = Settings(_env_file=None, gemini_api_key="bench-key-0123456789",
                         gemini_base_url=base_url, max_concurrent_model_calls=args.concurrency)
     for label, typed_only in (("backend", False), ("backend-typed", True)):
         backend = GeminiBackend(settings, typed_only=typed_only)

@@ -97,7 +97,8 @@ class Snapshot:
 
 async def one(stub: rlm_pb2_grpc.RLMServiceStub, rng: random.Random,
               cancel_after: float | None) -> str:
-    call = stub.StreamCompletion(make_request(f"{MARK} go", "c" * rng.choice((10, 100_000))))
+    # The generated stubs are typed for the sync API; this is a grpc.aio call.
+    call: Any = stub.StreamCompletion(make_request(f"{MARK} go", "c" * rng.choice((10, 100_000))))
     try:
         async for _ in call:
             if cancel_after is not None:
