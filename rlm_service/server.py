@@ -16,13 +16,13 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from rlm_service._gen.rlm.v1 import rlm_pb2, rlm_pb2_grpc
-from rlm_service.callback import start_callback_server
+from rlm_service.callback import CallbackRegistry, start_callback_server
 from rlm_service.config import Settings
 from rlm_service.http import HttpFace, start_http_face
 from rlm_service.models import ModelBackend, build_backends
 from rlm_service.reflection import enable_reflection
 from rlm_service.repl import ReplPool, Sandbox
-from rlm_service.run.engine import CallbackRegistry, Engine
+from rlm_service.run.engine import Engine
 from rlm_service.servicer import RLMServicer
 from rlm_service.telemetry import metrics
 from rlm_service.telemetry.interceptor import MetricsInterceptor
