@@ -1,10 +1,13 @@
-"""The LLMQuery servicer: how REPL code reaches models, over a Unix socket only."""
+"""How REPL code reaches models: the run secrets and the LLMQuery servicer, over a
+Unix socket only."""
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import os
+import secrets
 from pathlib import Path
 from typing import Any
 
@@ -13,9 +16,34 @@ from google.protobuf import json_format
 
 from rlm_service._gen.rlm.internal.v1 import llm_query_pb2, llm_query_pb2_grpc
 from rlm_service.repl_guest import protocol
-from rlm_service.run.engine import CallbackRegistry, RLMRun
+from rlm_service.run import subcalls
+from rlm_service.run.loop import Run
 
 log = logging.getLogger(__name__)
+
+
+class CallbackRegistry:
+    """Maps each live REPL's secret to the run it belongs to."""
+
+    def __init__(self) -> None:
+        # Keyed by the secret's hash: a dict lookup on what a caller sent then
+        # reveals nothing about the secrets through timing.
+        self._runs: dict[bytes, Run] = {}
+
+    def register(self, run: Run) -> str:
+        secret = secrets.token_urlsafe(32)
+        self._runs[_digest(secret)] = run
+        return secret
+
+    def unregister(self, secret: str) -> None:
+        self._runs.pop(_digest(secret), None)
+
+    def lookup(self, secret: str) -> Run | None:
+        return self._runs.get(_digest(secret))
+
+
+def _digest(secret: str) -> bytes:
+    return hashlib.sha256(secret.encode()).digest()
 
 
 class LLMQueryServicer(llm_query_pb2_grpc.LLMQueryServiceServicer):
@@ -23,7 +51,7 @@ class LLMQueryServicer(llm_query_pb2_grpc.LLMQueryServiceServicer):
         self.registry = registry
         self.max_batch = max_batch
 
-    async def _run_for(self, context: grpc.aio.ServicerContext[Any, Any]) -> RLMRun:
+    async def _run_for(self, context: grpc.aio.ServicerContext[Any, Any]) -> Run:
         secret = ""
         for key, value in context.invocation_metadata() or ():
             if key == protocol.SECRET_METADATA_KEY:
@@ -39,9 +67,8 @@ class LLMQueryServicer(llm_query_pb2_grpc.LLMQueryServiceServicer):
         run = await self._run_for(context)
         has_context = request.HasField("context")
         value = _from_value(request.context) if has_context else None
-        text, error = await run.spawn(
-            run.sub_call(request.prompt, request.model, request.recursive, value, has_context)
-        )
+        text, error = await run.spawn(subcalls.query(
+            run, request.prompt, request.model, request.recursive, value, has_context))
         return llm_query_pb2.QueryResponse(text=text, error=error)
 
     async def QueryBatched(
@@ -59,9 +86,8 @@ class LLMQueryServicer(llm_query_pb2_grpc.LLMQueryServiceServicer):
         if contexts is not None and len(contexts) != len(prompts):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                                 "contexts must have one item per prompt")
-        results = await run.spawn(
-            run.sub_calls(prompts, request.model, request.recursive, contexts)
-        )
+        results = await run.spawn(subcalls.query_batched(
+            run, prompts, request.model, request.recursive, contexts))
         return llm_query_pb2.QueryBatchedResponse(
             responses=[llm_query_pb2.QueryResponse(text=t, error=e) for t, e in results]
         )

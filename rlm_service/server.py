@@ -19,14 +19,14 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from rlm_service._gen.rlm.v1 import rlm_pb2
 from rlm_service.auth import KeyRing
 from rlm_service.auth_interceptor import AuthInterceptor
-from rlm_service.callback import start_callback_server
+from rlm_service.callback import CallbackRegistry, start_callback_server
 from rlm_service.config import Settings
 from rlm_service.decoding import add_servicer
 from rlm_service.http import HttpFace, start_http_face
 from rlm_service.models import ModelBackend, build_backends
 from rlm_service.reflection import enable_reflection
 from rlm_service.repl import ReplPool, Sandbox
-from rlm_service.run.engine import CallbackRegistry, Engine
+from rlm_service.run.engine import Engine
 from rlm_service.servicer import RLMServicer
 from rlm_service.telemetry import metrics
 from rlm_service.telemetry.interceptor import MetricsInterceptor

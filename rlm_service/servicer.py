@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import math
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import grpc
@@ -17,16 +16,24 @@ from rlm_service import validation
 from rlm_service._gen.rlm.v1 import rlm_pb2, rlm_pb2_grpc
 from rlm_service.budget import Limits
 from rlm_service.config import Settings
+from rlm_service.errors import STATUS, status_of
 from rlm_service.models import GenerateOptions, catalog
 from rlm_service.run.engine import Engine, RunSpec
-from rlm_service.streaming import stream_events
+from rlm_service.run.types import ErrorKind, RequestFailed
+from rlm_service.streaming import RequestStream
 
 log = logging.getLogger(__name__)
 Context = grpc.aio.ServicerContext[Any, Any]
 
 
-class InvalidRequest(ValueError):
-    pass
+class InvalidRequest(RequestFailed):
+    """Bad input; the message says what to change."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(ErrorKind.INVALID_REQUEST, message)
+
+
+SHUTTING_DOWN = "the server is shutting down; retry on another instance"
 
 
 def _check_options(opts: rlm_pb2.ModelOptions, which: str) -> GenerateOptions:
@@ -116,35 +123,34 @@ class RLMServicer(rlm_pb2_grpc.RLMServiceServicer):
 
     async def _spec(self, request: rlm_pb2.CompletionRequest, context: Context) -> RunSpec:
         if not self.accepting:
-            await context.abort(grpc.StatusCode.UNAVAILABLE,
-                                "the server is shutting down; retry on another instance")
+            await context.abort(STATUS[ErrorKind.SHUTTING_DOWN].grpc, SHUTTING_DOWN)
         try:
             return build_spec(request, self.settings, context.time_remaining())
         except InvalidRequest as exc:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            await context.abort(status_of(exc).grpc, exc.message)
             raise AssertionError("unreachable") from exc
 
     @property
     def slots(self) -> asyncio.Semaphore:
-        """The run-slot queue, shared with the HTTP face."""
+        """The request-slot queue, shared with the HTTP face."""
         return self._slots
+
+    def stream(self, spec: RunSpec,
+               observe: Callable[[rlm_pb2.CompletionEvent], None] | None = None) -> RequestStream:
+        """A request's stream, for either face; ``observe`` sees each event."""
+        return RequestStream(self.engine, self.settings, self._slots, spec, observe)
 
     async def _events(self, spec: RunSpec,
                       context: Context) -> AsyncIterator[rlm_pb2.CompletionEvent]:
-        """Yields the run's events; a failed run then ends the RPC with its status."""
-        error: rlm_pb2.RunError | None = None
-        # aclosing: when this generator is closed, the run's generator closes (and
-        # cancels the run) now, not whenever it is garbage-collected.
-        async with contextlib.aclosing(
-                stream_events(self.engine, self.settings, self._slots, spec)) as events:
+        """Yields the request's events; a failed request then ends the RPC with its status."""
+        stream = self.stream(spec)
+        async with stream as events:
             async for event in events:
-                if event.HasField("error"):
-                    error = event.error
                 yield event
-        if error is not None:
-            # Outside the run's span: abort() raises AbortError, which the span would
-            # otherwise record, overwriting the run's error with "Locally aborted.".
-            await context.abort(grpc.StatusCode[error.code], error.message)
+        if stream.failure is not None:
+            # Outside the request's span: abort() raises AbortError, which the span would
+            # otherwise record, overwriting the request's error with "Locally aborted.".
+            await context.abort(status_of(stream.failure).grpc, stream.failure.message)
 
     async def StreamCompletion(self, request: rlm_pb2.CompletionRequest,
                                context: Context) -> AsyncIterator[rlm_pb2.CompletionEvent]:
@@ -160,7 +166,7 @@ class RLMServicer(rlm_pb2_grpc.RLMServiceServicer):
             if event.HasField("final_answer"):
                 final = event.final_answer
         if final is None:
-            await context.abort(grpc.StatusCode.INTERNAL, "the run ended without an answer")
+            await context.abort(STATUS[ErrorKind.INTERNAL].grpc, "the run ended without an answer")
             raise AssertionError("unreachable")
         return rlm_pb2.CompletionResponse(answer=final.answer, final=final)
 

@@ -1,34 +1,32 @@
 """The one place the HTTP face reaches the run code: the gRPC servicer's own
-validation, run-slot queue and event stream, so both faces behave the same."""
+validation, request-slot queue and event stream, so both faces behave the same."""
 
 from __future__ import annotations
-
-import contextlib
-from collections.abc import AsyncIterator
 
 from rlm_service._gen.rlm.v1 import rlm_pb2
 from rlm_service.auth import current_lease
 from rlm_service.run.engine import RunSpec
-from rlm_service.servicer import RLMServicer, build_spec
-from rlm_service.streaming import stream_events
+from rlm_service.run.types import ErrorKind, RequestFailed
+from rlm_service.servicer import SHUTTING_DOWN, RLMServicer, build_spec
+from rlm_service.streaming import RequestStream
 
 
-class ShuttingDown(Exception):
-    """The server refuses new runs (graceful shutdown)."""
+class ShuttingDown(RequestFailed):
+    """The server refuses new requests (graceful shutdown)."""
+
+    def __init__(self) -> None:
+        super().__init__(ErrorKind.SHUTTING_DOWN, SHUTTING_DOWN)
 
 
 def spec_for(servicer: RLMServicer, request: rlm_pb2.CompletionRequest) -> RunSpec:
     """Raises servicer.InvalidRequest for bad input, ShuttingDown while draining."""
     if not servicer.accepting:
-        raise ShuttingDown("the server is shutting down; retry on another instance")
+        raise ShuttingDown()
     return build_spec(request, servicer.settings, None)
 
 
-@contextlib.asynccontextmanager
-async def run_events(servicer: RLMServicer,
-                     spec: RunSpec) -> AsyncIterator[AsyncIterator[rlm_pb2.CompletionEvent]]:
-    """The run's events; leaving the block early cancels the run at once."""
-    async with contextlib.aclosing(
-            stream_events(servicer.engine, servicer.settings, servicer.slots, spec)) as events:
-        lease = current_lease.get()  # edge: books the run's cost to its API key
-        yield events if lease is None else lease.watch(events)
+def run_events(servicer: RLMServicer, spec: RunSpec) -> RequestStream:
+    """``async with run_events(...) as events``: the request's events; leaving the
+    block early cancels the request at once. ``.failure`` tells why it failed."""
+    lease = current_lease.get()  # edge: books the request's cost to its API key
+    return servicer.stream(spec, observe=None if lease is None else lease.observe)

@@ -11,7 +11,7 @@ from google.protobuf import json_format
 from rlm_service._gen.rlm.v1 import rlm_pb2
 from rlm_service.http import sse
 from rlm_service.http._runs import ShuttingDown, run_events, spec_for
-from rlm_service.http.errors import error_response, status_for, status_for_code
+from rlm_service.http.errors import error_response, status_for
 from rlm_service.servicer import InvalidRequest, RLMServicer
 
 SERVICER: web.AppKey[RLMServicer] = web.AppKey("servicer", RLMServicer)
@@ -96,15 +96,13 @@ async def completion(request: web.Request) -> web.StreamResponse:
     if isinstance(spec, web.Response):
         return spec
     final: rlm_pb2.FinalAnswer | None = None
-    error: rlm_pb2.RunError | None = None
-    async with run_events(request.app[SERVICER], spec) as events:
+    stream = run_events(request.app[SERVICER], spec)
+    async with stream as events:
         async for event in events:
             if event.HasField("final_answer"):
                 final = event.final_answer
-            elif event.HasField("error"):
-                error = event.error
-    if error is not None:
-        return error_response(status_for_code(error.code), error.message)
+    if stream.failure is not None:
+        return error_response(status_for(stream.failure), stream.failure.message)
     if final is None:
         return error_response(500, "the run ended without an answer")
     return web.json_response(_go_response(final, spec))

@@ -20,16 +20,16 @@ from prometheus_client import REGISTRY, Counter, Gauge, Histogram, start_http_se
 
 __all__ = [
     "GRPC_LABELS",
-    "RUN_OUTCOMES",
+    "REQUEST_OUTCOMES",
     "MetricsServer",
-    "RunOutcome",
+    "RequestOutcome",
     "grpc_server_handled",
     "grpc_server_handling_seconds",
     "grpc_server_msg_received",
     "grpc_server_msg_sent",
     "grpc_server_started",
     "observe_model_call",
-    "rlm_active_runs",
+    "rlm_active_requests",
     "rlm_budget_stops",
     "rlm_cost_usd",
     "rlm_http_request_duration_seconds",
@@ -39,9 +39,9 @@ __all__ = [
     "rlm_model_retries",
     "rlm_repl_block_duration_seconds",
     "rlm_repl_blocks",
-    "rlm_run_duration_seconds",
-    "rlm_run_iterations",
-    "rlm_runs",
+    "rlm_request_duration_seconds",
+    "rlm_request_iterations",
+    "rlm_requests",
     "rlm_sandbox_busy",
     "rlm_sandbox_escaped_processes",
     "rlm_sandbox_pool_idle",
@@ -49,8 +49,8 @@ __all__ = [
     "start_metrics_server",
 ]
 
-RunOutcome = Literal["answered", "forced", "budget", "error", "cancelled", "shutdown"]
-RUN_OUTCOMES: Final[tuple[RunOutcome, ...]] = (
+RequestOutcome = Literal["answered", "forced", "budget", "error", "cancelled", "shutdown"]
+REQUEST_OUTCOMES: Final[tuple[RequestOutcome, ...]] = (
     "answered",
     "forced",
     "budget",
@@ -63,13 +63,13 @@ REPL_OUTCOMES: Final[tuple[str, ...]] = ("ok", "error", "timeout")
 GRPC_LABELS: Final[tuple[str, ...]] = ("grpc_type", "grpc_service", "grpc_method")
 
 # A streaming completion can legitimately run for up to an hour (Cloud Run's
-# request timeout), so the RPC and run buckets reach 3600 s; the low end keeps
+# request timeout), so the RPC and request buckets reach 3600 s; the low end keeps
 # resolution for health checks and fast failures.
 _RPC_BUCKETS: Final = (
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
     60.0, 120.0, 300.0, 600.0, 1200.0, 1800.0, 3600.0,
 )  # fmt: skip
-_RUN_BUCKETS: Final = (
+_REQUEST_BUCKETS: Final = (
     1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0, 900.0,
     1200.0, 1800.0, 2700.0, 3600.0,
 )  # fmt: skip
@@ -122,27 +122,27 @@ rlm_http_request_duration_seconds = Histogram(
     buckets=_RPC_BUCKETS,
 )
 
-# --- RLM runs ---------------------------------------------------------------
-rlm_runs = Counter(
-    "rlm_runs",
-    "Finished RLM runs (all depths) by outcome: answered, forced, budget, error, "
-    "cancelled, shutdown.",
+# --- requests (one client request: its runs at every depth together) -------
+rlm_requests = Counter(
+    "rlm_requests",
+    "Finished requests by outcome: answered, forced, budget, error, cancelled, shutdown. "
+    "One per request, however many runs (depths) it used.",
     ("outcome",),
 )
-rlm_run_duration_seconds = Histogram(
-    "rlm_run_duration_seconds",
-    "Wall-clock duration of RLM runs, in seconds.",
-    buckets=_RUN_BUCKETS,
+rlm_request_duration_seconds = Histogram(
+    "rlm_request_duration_seconds",
+    "Wall-clock duration of requests, from arrival to the last event, in seconds.",
+    buckets=_REQUEST_BUCKETS,
 )
-rlm_run_iterations = Histogram(
-    "rlm_run_iterations",
-    "Root-model turns used by a finished RLM run.",
+rlm_request_iterations = Histogram(
+    "rlm_request_iterations",
+    "Root-model turns used by a request that ended with an answer (its depth-0 run).",
     buckets=_ITERATION_BUCKETS,
 )
-rlm_active_runs = Gauge("rlm_active_runs", "RLM runs in progress (all depths).")
+rlm_active_requests = Gauge("rlm_active_requests", "Requests in progress.")
 rlm_budget_stops = Counter(
     "rlm_budget_stops",
-    "Runs stopped by a limit: max_iterations, max_llm_calls, max_total_tokens, "
+    "Requests stopped by a limit: max_iterations, max_llm_calls, max_total_tokens, "
     "max_cost_usd, timeout.",
     ("limit",),
 )
@@ -190,8 +190,8 @@ rlm_sandbox_escaped_processes = Counter(
 
 # Zero-valued series for the fixed label sets make rate() and absent()-based
 # alerts work before the first event of each kind.
-for _run_outcome in RUN_OUTCOMES:
-    rlm_runs.labels(outcome=_run_outcome)
+for _request_outcome in REQUEST_OUTCOMES:
+    rlm_requests.labels(outcome=_request_outcome)
 for _repl_outcome in REPL_OUTCOMES:
     rlm_repl_blocks.labels(outcome=_repl_outcome)
 

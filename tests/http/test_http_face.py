@@ -190,4 +190,4 @@ async def test_healthz_openapi_and_metrics(server: Server, fake_gemini: FakeGemi
     assert 'rlm_http_requests_total{code="200",method="POST",path="/completion"}' in text
     assert 'rlm_http_request_duration_seconds_bucket{le="0.005",method="GET",path="/healthz"}' \
         in text
-    assert "rlm_runs_total" in text
+    assert "rlm_requests_total" in text

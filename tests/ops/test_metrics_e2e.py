@@ -56,9 +56,9 @@ async def test_counters_move_by_exactly_the_runs(start_server: StartServer,
         return value(after, name, **labels) - value(before, name, **labels)
 
     # Runs and RPCs.
-    assert delta("rlm_runs_total", outcome="answered") == 2
+    assert delta("rlm_requests_total", outcome="answered") == 2
     for outcome in ("forced", "budget", "error", "cancelled", "shutdown"):
-        assert delta("rlm_runs_total", outcome=outcome) == 0, outcome
+        assert delta("rlm_requests_total", outcome=outcome) == 0, outcome
     assert delta("grpc_server_started_total", **STREAM) == 3
     assert delta("grpc_server_handled_total", **STREAM, grpc_code="OK") == 2
     assert delta("grpc_server_handled_total", **STREAM, grpc_code="INVALID_ARGUMENT") == 1
@@ -66,10 +66,10 @@ async def test_counters_move_by_exactly_the_runs(start_server: StartServer,
     assert delta("grpc_server_handling_seconds_count", **STREAM) == 3
     assert delta("grpc_server_msg_received_total", **STREAM) == 3
     assert delta("grpc_server_msg_sent_total", **STREAM) == len(events_a) + len(events_b)
-    assert delta("rlm_run_iterations_count") == 2
-    assert delta("rlm_run_iterations_sum") == 3
-    assert delta("rlm_run_duration_seconds_count") == 2
-    assert value(after, "rlm_active_runs") == 0
+    assert delta("rlm_request_iterations_count") == 2
+    assert delta("rlm_request_iterations_sum") == 3
+    assert delta("rlm_request_duration_seconds_count") == 2
+    assert value(after, "rlm_active_requests") == 0
 
     # Model calls by model and depth: A 2 root turns, B 1 root turn + 1 llm_query.
     assert delta("rlm_model_calls_total", model=ROOT_MODEL, depth="0", outcome="ok") == 3
@@ -141,7 +141,7 @@ async def test_dashboard_only_uses_live_metric_names(server: Server) -> None:
         assert names <= live, (query, sorted(names - live))
         used |= names
     # And the panels cover the service's own metric families.
-    for family in ("rlm_runs_total", "rlm_model_calls_total", "rlm_tokens_total",
+    for family in ("rlm_requests_total", "rlm_model_calls_total", "rlm_tokens_total",
                    "rlm_repl_blocks_total", "rlm_sandbox_pool_idle",
-                   "grpc_server_handled_total", "rlm_run_iterations_bucket"):
+                   "grpc_server_handled_total", "rlm_request_iterations_bucket"):
         assert family in used, family

@@ -23,16 +23,16 @@ EXPECTED = {
     "grpc_server_handling_seconds": "histogram",
     "grpc_server_msg_received_total": "counter",
     "grpc_server_msg_sent_total": "counter",
-    "rlm_runs_total": "counter",
-    "rlm_run_duration_seconds": "histogram",
-    "rlm_run_iterations": "histogram",
+    "rlm_requests_total": "counter",
+    "rlm_request_duration_seconds": "histogram",
+    "rlm_request_iterations": "histogram",
     "rlm_model_calls_total": "counter",
     "rlm_model_call_duration_seconds": "histogram",
     "rlm_tokens_total": "counter",
     "rlm_cost_usd_total": "counter",
     "rlm_repl_blocks_total": "counter",
     "rlm_repl_block_duration_seconds": "histogram",
-    "rlm_active_runs": "gauge",
+    "rlm_active_requests": "gauge",
     "rlm_sandbox_pool_idle": "gauge",
     "rlm_sandbox_busy": "gauge",
     "rlm_budget_stops_total": "counter",
@@ -112,10 +112,10 @@ def test_observe_model_call_and_labels(metrics_server: MetricsServer) -> None:
     text = scrape(metrics_server)
     assert 'rlm_model_call_duration_seconds_bucket{le="0.25",model="test-model-x"}' in text
     # Fixed outcome series exist before the first run finishes.
-    for outcome in metrics.RUN_OUTCOMES:
-        assert f'rlm_runs_total{{outcome="{outcome}"}}' in text
+    for outcome in metrics.REQUEST_OUTCOMES:
+        assert f'rlm_requests_total{{outcome="{outcome}"}}' in text
     # Runs up to Cloud Run's one-hour request limit stay inside the buckets.
-    assert 'rlm_run_duration_seconds_bucket{le="3600.0"}' in text
+    assert 'rlm_request_duration_seconds_bucket{le="3600.0"}' in text
 
 
 def test_metric_name_parser() -> None:
@@ -170,4 +170,4 @@ def test_dashboard_shape(repo_root: Path) -> None:
     exprs = " ".join(dashboard_queries(repo_root / "deploy/grafana/rlm-dashboard.json"))
     for quantile in ("0.5", "0.95", "0.99"):
         assert f"histogram_quantile({quantile}, sum by (le) (rate(grpc_server_handling" in exprs
-        assert f"histogram_quantile({quantile}, sum by (le) (rate(rlm_run_duration" in exprs
+        assert f"histogram_quantile({quantile}, sum by (le) (rate(rlm_request_duration" in exprs
