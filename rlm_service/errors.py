@@ -33,6 +33,7 @@ STATUS: Final[dict[ErrorKind, Status]] = {
     ErrorKind.MODEL_NOT_FOUND: Status(grpc.StatusCode.NOT_FOUND, 404),
     ErrorKind.MODEL_REFUSED: Status(grpc.StatusCode.FAILED_PRECONDITION, 400),
     ErrorKind.MODEL_INTERNAL: Status(grpc.StatusCode.INTERNAL, 500),
+    ErrorKind.REPLAY_MISS: Status(grpc.StatusCode.FAILED_PRECONDITION, 400),
 }
 
 _INTERNAL: Final = STATUS[ErrorKind.INTERNAL]

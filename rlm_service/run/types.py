@@ -72,6 +72,7 @@ class ErrorKind(enum.Enum):
     MODEL_PERMISSION_DENIED = "model_permission_denied"
     MODEL_NOT_FOUND = "model_not_found"
     MODEL_REFUSED = "model_refused"
+    REPLAY_MISS = "replay_miss"  # the replay backend has no recording of this call
     MODEL_INTERNAL = "model_internal"
 
 
@@ -100,6 +101,7 @@ _MODEL_FAILURES: dict[str, ErrorKind] = {
     "blocked": ErrorKind.MODEL_REFUSED,
     "max_tokens": ErrorKind.MODEL_REFUSED,
     "internal": ErrorKind.MODEL_INTERNAL,
+    "replay_miss": ErrorKind.REPLAY_MISS,
 }
 
 
