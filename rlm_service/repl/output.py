@@ -28,9 +28,16 @@ class Drain:
                 chunk = await stream.read(max(1, self._limit - len(self._buf)))
                 if not chunk:
                     return
-                self._buf += chunk
+                if self._limit < 1 << 62:
+                    self._buf += chunk
                 if len(self._buf) >= self._limit:
                     self._room.clear()
+
+    def discard(self) -> None:
+        """From now on reads everything and keeps nothing."""
+        self._limit = 1 << 62
+        self._buf.clear()
+        self._room.set()
 
     def take(self) -> tuple[str, bool]:
         """(what was read since the last take, whether reading stopped at the cap)."""
@@ -54,6 +61,13 @@ def clip(text: str, total: int, limit: int, unread: bool = False) -> tuple[str, 
 
 
 async def stop(*drains: Drain) -> None:
+    """Ends the drains of a killed process: they read to EOF (a paused pipe would never
+    see it, and its transport would outlive the loop), briefly, then are cancelled."""
+    for drain in drains:
+        drain.discard()
+    with contextlib.suppress(asyncio.TimeoutError):
+        await asyncio.wait_for(asyncio.gather(*(d.task for d in drains),
+                                              return_exceptions=True), 1.0)
     for drain in drains:
         drain.task.cancel()
     await asyncio.gather(*(d.task for d in drains), return_exceptions=True)

@@ -294,6 +294,7 @@ class RLMRun:
     repl: ReplProcess | None = None
     secret: str = ""
     result: RunResult | None = None
+    _var_error: str = ""  # guest hook: why the last FINAL_VAR in a reply gave no answer
     _inflight: set[asyncio.Task[Any]] = field(default_factory=set)
     _context: contextvars.Context = field(default_factory=contextvars.copy_context)
 
@@ -377,7 +378,7 @@ class RLMRun:
                 answer = await self._final_from_text(reply.text)
                 if answer is not None:
                     return RunResult(answer, self.iteration, forced=False)
-                messages.append(Message("user", prompts.NO_CODE))
+                messages.append(Message("user", self._var_error or prompts.NO_CODE))
                 continue
             answer, fed = await self._run_blocks(blocks)
             if answer is not None:
@@ -447,6 +448,7 @@ class RLMRun:
                 message=f"replaced {trimmed} old REPL outputs to fit {model}'s input limit"))
 
     async def _final_from_text(self, text: str) -> str | None:
+        self._var_error = ""
         tag = parsing.final_tag(text)
         if tag is None:
             return None
@@ -454,7 +456,25 @@ class RLMRun:
             return tag.value
         assert self.repl is not None
         ok, value = await self.repl.get_var(tag.value)
-        return value if ok else None
+        if ok:
+            return value
+        # guest hook: the model learns why FINAL_VAR gave no answer, and a REPL that
+        # died turning the variable into text is replaced now, not at the next block.
+        self._var_error = f"FINAL_VAR({tag.value[:80]}) gave no answer: {value}"
+        if self.repl.closed:
+            self._var_error += " " + await self._replace_repl()
+        return None
+
+    async def _replace_repl(self) -> str:
+        assert self.repl is not None
+        await self.req.engine.pool.release(self.repl)
+        self.repl = None
+        await self._start_repl()
+        note = ("The REPL process died and was replaced by a fresh one: all "
+                "variables were lost; `context` is loaded again.")
+        self._event(notice=rlm_pb2.Notice(
+            kind="repl_restarted", message=note, depth=self.depth, call_id=self.call_id))
+        return note
 
     async def _run_blocks(self, blocks: list[str]) -> tuple[str | None, str]:
         fed: list[str] = []
@@ -485,14 +505,7 @@ class RLMRun:
             if result.final is not None:
                 return result.final, ""
             if result.crashed:
-                await self.req.engine.pool.release(self.repl)
-                self.repl = None
-                await self._start_repl()
-                notes.append("The REPL process died and was replaced by a fresh one: all "
-                             "variables were lost; `context` is loaded again.")
-                self._event(notice=rlm_pb2.Notice(
-                    kind="repl_restarted", message=notes[-1], depth=self.depth,
-                    call_id=self.call_id))
+                notes.append(await self._replace_repl())
                 variables = []
                 break
         return None, prompts.feedback(fed, variables, " ".join(notes))
