@@ -1,34 +1,61 @@
 """Red-team cases: a hostile or careless guest must not hurt the host or the run.
 
-Each runs the model's code through the real server and the real sandbox, with
-the module server of test_redteam (same limits). See issue 14, "Hostile or odd
-values from the guest" and "Floods".
+Each runs the model's code through the real server and the real sandbox, with the
+helpers of test_redteam and a module server of its own (a low tmpfs file cap).
+See issue 14, "Hostile or odd values from the guest" and "Floods".
 """
 
 from __future__ import annotations
 
+import os
 import resource
-import time
-import uuid
+from collections.abc import AsyncIterator
 
+import grpc
 import pytest
+import pytest_asyncio
 
+from rlm_service._gen.rlm.v1 import rlm_pb2_grpc
 from rlm_service.repl.calls import MAX_CALLS_IN_FLIGHT
 from rlm_service.repl_guest.protocol import MAX_ANSWER_CHARS
-from tests.conftest import collect, final_of, of_kind, repl
-from tests.sandbox.test_redteam import (  # noqa: F401  (module fixtures: fake, srv, stub)
+from rlm_service.server import Server
+from tests.conftest import final_of, make_settings, of_kind, repl
+from tests.fakes.gemini import FakeGemini
+from tests.sandbox.test_redteam import (  # noqa: F401  (fake: the module's FakeGemini)
     AFTER,
     CTRL,
+    MAX_OUTPUT,
     assert_healthy,
     assert_restarted,
     attack,
     block,
     fake,
-    srv,
-    stub,
 )
 
 pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.timeout(60)]
+
+BLOCK_TIMEOUT = 3.0
+TMP_FILES = 3_000
+
+
+@pytest_asyncio.fixture(loop_scope="module", scope="module")
+async def srv(fake: FakeGemini) -> AsyncIterator[Server]:
+    server = Server(make_settings(
+        fake, sandbox_block_timeout_seconds=BLOCK_TIMEOUT, sandbox_tmp_files=TMP_FILES,
+        sandbox_pool_size=2, max_output_chars=MAX_OUTPUT,
+        sandbox_uid_base=900_000 + (os.getpid() % 400) * 1_000, sandbox_uid_count=1_000,
+    ))
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.stop(grace=0)
+
+
+@pytest_asyncio.fixture(loop_scope="module", scope="module")
+async def stub(srv: Server) -> AsyncIterator[rlm_pb2_grpc.RLMServiceStub]:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{srv.port}") as channel:
+        yield rlm_pb2_grpc.RLMServiceStub(channel)
 
 EXEC_REPLY = ('{"ok": true, "stdout": "S", "stderr": "", "stdout_total": 1, "stderr_total": 0, '
               '"error": false, "timed_out": false, "duration": 0.1, "final": null, '
@@ -136,15 +163,24 @@ async def test_a_segfault_in_final_var_str_restarts_at_once(srv, stub, fake) -> 
 
 
 # --- floods that would cost the host ----------------------------------------------------
-async def test_a_child_writing_yes_costs_the_service_little_cpu(srv, stub, fake) -> None:
+def bytes_read() -> int:
+    """What this process (the service) has read through read(2) and the like."""
+    with open("/proc/self/io") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("rchar:"))
+
+
+async def test_a_child_writing_yes_is_not_drained_by_the_service(srv, stub, fake) -> None:
+    read_before = bytes_read()
     before = resource.getrusage(resource.RUSAGE_SELF)
     events = await attack(stub, fake, "import subprocess\nsubprocess.run(['yes'])")
     after = resource.getrusage(resource.RUSAGE_SELF)
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    read = bytes_read() - read_before
+    # For the block's 3 s, `yes` writes hundreds of MB; the service used to read and
+    # drop all of it, at up to a core's worth of CPU.
+    assert read < 20_000_000, f"the service read {read:,} bytes of the flood ({cpu:.2f} s CPU)"
     b = block(events)
     assert b.timed_out and b.truncated and "not read" in b.stdout
-    # The block runs for the 2 s timeout; reading the flood cost about as much CPU.
-    assert cpu < 0.8, f"the service spent {cpu:.2f} s of CPU on the flood"
     assert final_of(events).answer == "after:3"
 
 
@@ -182,11 +218,3 @@ async def test_calls_in_flight_are_capped_per_repl(srv, stub, fake) -> None:
     total, refused = map(int, block(events).stdout.split())
     assert total == MAX_CALLS_IN_FLIGHT + 8 and refused >= 1
     await assert_healthy(srv, stub, fake)
-
-
-async def test_the_service_still_serves_after_all_this(srv, stub, fake) -> None:
-    marker = f"RT-{uuid.uuid4().hex}"
-    fake.script(marker, [repl("FINAL('fine')")])
-    started = time.monotonic()
-    assert final_of(await collect(stub, f"{marker} go", "ctx")).answer == "fine"
-    assert time.monotonic() - started < 10
