@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import resource
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
 import grpc
 import pytest
@@ -21,7 +21,7 @@ from rlm_service.repl_guest.protocol import MAX_ANSWER_CHARS
 from rlm_service.server import Server
 from tests.conftest import final_of, make_settings, of_kind, repl
 from tests.fakes.gemini import FakeGemini
-from tests.sandbox.test_redteam import (  # noqa: F401  (fake: the module's FakeGemini)
+from tests.sandbox.test_redteam import (
     AFTER,
     CTRL,
     MAX_OUTPUT,
@@ -29,13 +29,18 @@ from tests.sandbox.test_redteam import (  # noqa: F401  (fake: the module's Fake
     assert_restarted,
     attack,
     block,
-    fake,
 )
 
 pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.timeout(60)]
 
 BLOCK_TIMEOUT = 3.0
 TMP_FILES = 3_000
+
+
+@pytest.fixture(scope="module")
+def fake() -> Iterator[FakeGemini]:
+    with FakeGemini() as f:
+        yield f
 
 
 @pytest_asyncio.fixture(loop_scope="module", scope="module")
