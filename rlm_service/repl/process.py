@@ -26,7 +26,8 @@ from typing import Any, TypeVar
 
 from rlm_service.repl import output, tmpfs
 from rlm_service.repl.control import Control, ReplError
-from rlm_service.repl.sandbox import Sandbox
+from rlm_service.repl.proxy import CallbackProxy
+from rlm_service.repl.sandbox import CALLBACK_SOCKET_NAME, Sandbox
 from rlm_service.repl_guest import protocol
 
 log = logging.getLogger(__name__)
@@ -62,10 +63,12 @@ class ReplProcess:
     """One sandboxed interpreter. Serves exactly one run, then is destroyed."""
 
     def __init__(self, sandbox: Sandbox, proc: asyncio.subprocess.Process, run_dir: Path,
-                 reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+                 reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                 proxy: CallbackProxy) -> None:
         self.sandbox = sandbox
         self.proc = proc
         self.run_dir = run_dir
+        self.proxy = proxy
         self._control = Control(reader, writer)
         limit = sandbox.settings.max_output_chars * 4
         assert proc.stdout is not None and proc.stderr is not None
@@ -82,14 +85,17 @@ class ReplProcess:
         run_dir = sandbox.runtime_dir / "runs" / secrets.token_hex(8)
         run_dir.mkdir(parents=True, mode=0o755)
         os.chmod(run_dir, 0o755)
+        proxy = CallbackProxy(sandbox.callback_socket, run_dir / CALLBACK_SOCKET_NAME)
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
+            await proxy.start()
             launch = sandbox.launch(run_dir, child.fileno(), sandbox.next_uid())
             proc = await asyncio.create_subprocess_exec(
                 *launch.argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE, env=launch.env, **launch.popen_kwargs)
         except BaseException:
             parent.close()
+            await asyncio.shield(proxy.close())
             shutil.rmtree(run_dir, ignore_errors=True)
             raise
         finally:
@@ -103,9 +109,10 @@ class ReplProcess:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(proc.pid, signal.SIGKILL)
             await proc.wait()
+            await asyncio.shield(proxy.close())
             shutil.rmtree(run_dir, ignore_errors=True)
             raise
-        repl = cls(sandbox, proc, run_dir, reader, writer)
+        repl = cls(sandbox, proc, run_dir, reader, writer, proxy)
         try:
             await asyncio.wait_for(repl._recv_ready(), START_TIMEOUT)
         except BaseException as exc:
@@ -280,6 +287,7 @@ class ReplProcess:
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(self.proc.wait(), 5.0)
         await output.stop(self._out, self._err)
+        await self.proxy.close()
         await asyncio.to_thread(shutil.rmtree, self.run_dir, True)
 
 

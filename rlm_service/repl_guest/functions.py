@@ -62,6 +62,10 @@ class CallbackClient:
             ("grpc.max_send_message_length", -1),
             ("grpc.max_receive_message_length", -1),
         ])
+        # Connected now, before model code runs: the host caps this REPL's callback
+        # connections, and the REPL's own must not be the one refused.
+        with contextlib.suppress(grpc.FutureTimeoutError):
+            grpc.channel_ready_future(channel).result(timeout=10)
         self._stub = llm_query_pb2_grpc.LLMQueryServiceStub(channel)
 
     def call(self, method: str, request: Any) -> Any:

@@ -654,7 +654,7 @@ async def test_other_processes_cannot_be_traced_or_read(srv, stub, fake) -> None
 CALLBACK_PROBE = """
 import grpc
 from rlm_service._gen.rlm.internal.v1 import llm_query_pb2 as pb, llm_query_pb2_grpc as pbg
-channel = grpc.insecure_channel('unix:///rlm/callback.sock')
+channel = grpc.insecure_channel('unix:///rlm/run/callback.sock')
 raw = pbg.LLMQueryServiceStub(channel)
 def try_secret(secret):
     try:

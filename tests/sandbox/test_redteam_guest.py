@@ -20,6 +20,7 @@ from rlm_service.repl.calls import MAX_CALLS_IN_FLIGHT
 from rlm_service.repl_guest.protocol import MAX_ANSWER_CHARS
 from rlm_service.server import Server
 from tests.conftest import final_of, make_settings, of_kind, repl
+from tests.fakes._common import Req
 from tests.fakes.gemini import FakeGemini
 from tests.sandbox.test_redteam import (
     AFTER,
@@ -222,4 +223,43 @@ async def test_calls_in_flight_are_capped_per_repl(srv, stub, fake) -> None:
         fake.model_latency.pop("fake-sub", None)
     total, refused = map(int, block(events).stdout.split())
     assert total == MAX_CALLS_IN_FLIGHT + 8 and refused >= 1
+    await assert_healthy(srv, stub, fake)
+
+
+def open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+async def test_callback_connections_are_capped_per_repl(srv, stub, fake) -> None:
+    seen: dict[str, int] = {}
+
+    def second_turn(req: Req) -> str:
+        # The REPL still holds every connection it opened; the service is this process.
+        seen["fds"] = open_fds()
+        return repl("for s in socks:\n    s.close()\nFINAL(llm_query('ping'))")
+
+    baseline = open_fds()
+    events = await attack(stub, fake, """
+        import os, socket, stat, time
+        path = next(os.path.join(d, f) for d, _, files in os.walk('/rlm') for f in files
+                    if stat.S_ISSOCK(os.stat(os.path.join(d, f)).st_mode))
+        socks = []
+        for _ in range(200):
+            s = socket.socket(socket.AF_UNIX)
+            s.connect(path)
+            socks.append(s)
+        time.sleep(0.5)
+        closed = 0
+        for s in socks:
+            s.setblocking(False)
+            try:
+                closed += s.recv(1) == b''
+            except BlockingIOError:
+                pass
+        print(closed)
+        """, second_turn)
+    assert int(block(events).stdout) >= 200 - 16, block(events)
+    assert seen["fds"] - baseline < 80, "the service kept the REPL's connections open"
+    # Once it let them go, its own calls work again.
+    assert final_of(events).answer == fake.sub_answer("ping")
     await assert_healthy(srv, stub, fake)
