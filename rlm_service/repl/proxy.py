@@ -1,7 +1,7 @@
 """A REPL's own door to the LLMQuery callback, with a cap on its connections.
 
 All REPLs share one callback server, where a connection cannot be traced back to
-the REPL that opened it, and one REPL once opened 13,600 of them (64 processes ×
+the REPL that opened it, and one REPL once opened 13,600 of them (64 processes x
 256 fds), so the server ran out of fds and unrelated runs failed. Each REPL
 therefore gets a socket of its own in its run dir (the only callback socket its
 sandbox sees); the host relays its connections to the shared server, at most
