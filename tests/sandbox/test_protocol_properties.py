@@ -93,7 +93,7 @@ def raw(frame: dict[str, Any]) -> bytes:
     return json.dumps(frame, ensure_ascii=False).encode("utf-8", "surrogatepass")
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=150, deadline=None, database=None)
 @given(frame=frames(), expected=st.sampled_from(EXPECTED))
 def test_any_json_frame_is_refused_or_safe(frame: dict[str, Any], expected: Any) -> None:
     try:
@@ -104,14 +104,14 @@ def test_any_json_frame_is_refused_or_safe(frame: dict[str, Any], expected: Any)
     assert_protobuf_safe(message)
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=150, deadline=None, database=None)
 @given(body=st.binary(max_size=200) | st.builds(raw, frames()))
 def test_any_bytes_decode_to_an_object_or_a_frame_error(body: bytes) -> None:
     with contextlib.suppress(FrameError):
         assert isinstance(decode_body(body), dict)
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=100, deadline=None, database=None)
 @given(reply=replies)
 def test_what_the_guest_sends_comes_back_cleaned(reply: protocol.ExecReply) -> None:
     message = protocol.parse_guest(decode_body(protocol.to_frame(reply)[4:]),
@@ -140,7 +140,7 @@ async def _read_one(data: bytes) -> protocol.ExecReply | protocol.PartialPush | 
         theirs.close()
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=60, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
 @given(body=st.binary(max_size=100) | st.builds(raw, frames()),
        length=st.none() | st.integers(0, 2**32 - 1))
 def test_the_host_reader_takes_any_bytes(body: bytes, length: int | None) -> None:
