@@ -31,6 +31,8 @@ class CallbackProxy:
         self.refused = 0
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._writers: set[asyncio.StreamWriter] = set()
+        self._closing = False
 
     async def start(self) -> None:
         self._server = await asyncio.start_unix_server(self._serve, path=str(self.path))
@@ -39,31 +41,40 @@ class CallbackProxy:
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
-        if len(self._tasks) >= self.max_connections:
+        assert task is not None
+        if len(self._tasks) >= self.max_connections or self._closing:
             self.refused += 1
             writer.close()
             return
-        assert task is not None
         self._tasks.add(task)
+        self._writers.add(writer)
+        up_writer: asyncio.StreamWriter | None = None
         try:
             up_reader, up_writer = await asyncio.open_unix_connection(str(self.upstream))
+            self._writers.add(up_writer)
+            if not self._closing:
+                await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
         except OSError:
-            self._tasks.discard(task)
-            writer.close()
-            return
-        try:
-            await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
+            pass  # the shared server is gone: the service is stopping
         finally:
             self._tasks.discard(task)
             for w in (writer, up_writer):
-                w.close()
+                if w is not None:
+                    self._writers.discard(w)
+                    w.close()
 
     async def close(self) -> None:
+        # Closing the connections ends their relays; cancelling the handler tasks
+        # instead makes asyncio's stream server log each as an error (Python 3.11).
+        self._closing = True
         if self._server is not None:
             self._server.close()
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for w in list(self._writers):
+            w.close()
+        if self._tasks:
+            _, pending = await asyncio.wait(set(self._tasks), timeout=1.0)
+            for task in pending:
+                task.cancel()
         with contextlib.suppress(OSError):
             self.path.unlink()
 
