@@ -19,7 +19,7 @@ import shutil
 import signal
 import socket
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -36,10 +36,6 @@ __all__ = ["ExecResult", "ReplError", "ReplProcess"]
 # the guest interrupts the block itself first, this catches code that ignores it.
 HARD_KILL_GRACE = 2.0
 START_TIMEOUT = 30.0
-# How often the host looks at the sandbox's tmpfs file count while a block runs.
-TMP_CHECK_SECONDS = 0.25
-
-T = TypeVar("T")
 R = TypeVar("R", protocol.Ack, protocol.ExecReply, protocol.VarReply)
 
 
@@ -187,8 +183,10 @@ class ReplProcess:
         started = time.monotonic()
         try:
             request = protocol.ExecRequest(code=code, timeout=timeout)
-            reply = await self._watched(
-                self._request(request, protocol.ExecReply, timeout + HARD_KILL_GRACE))
+            watch = "tmpfs" in self.sandbox.layers and self._max_tmp_files > 0
+            reply = await tmpfs.capped(
+                self._request(request, protocol.ExecReply, timeout + HARD_KILL_GRACE),
+                self.proc.pid if watch else None, self._max_tmp_files)
             # Output written straight to fds 1/2 (os.write, child processes) comes via
             # the pipes; let the drains take what is already there.
             await asyncio.sleep(0)
@@ -203,27 +201,6 @@ class ReplProcess:
             log.exception("REPL block failed on the host side")
             return await self._crashed(started, f"the REPL failed ({type(exc).__name__}); "
                                                 "the REPL process was killed.")
-
-    async def _watched(self, work: Coroutine[Any, Any, T]) -> T:
-        """``work``, while checking that the sandbox's tmpfs stays under its file cap."""
-        task: asyncio.Task[T] = asyncio.ensure_future(work)
-        watch = "tmpfs" in self.sandbox.layers and self._max_tmp_files > 0
-        try:
-            while True:
-                done, _ = await asyncio.wait({task}, timeout=TMP_CHECK_SECONDS)
-                if done:
-                    return task.result()
-                files = tmpfs.files_in_tmp(self.proc.pid) if watch else None
-                if files is not None and files > self._max_tmp_files:
-                    raise ReplError(
-                        f"the sandbox's /tmp and /dev/shm hold {files:,} files and folders, "
-                        f"over the limit of {self._max_tmp_files:,}; the REPL process was "
-                        "killed. Keep fewer files.")
-        finally:
-            if not task.done():
-                task.cancel()
-                with contextlib.suppress(BaseException):
-                    await task
 
     async def _crashed(self, started: float, note: str, timed_out: bool = False) -> ExecResult:
         out, _ = self._out.take()

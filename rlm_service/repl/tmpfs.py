@@ -11,9 +11,17 @@ the mounts, and with them the kernel memory.
 
 from __future__ import annotations
 
+import asyncio
 import os
+from collections.abc import Coroutine
+from typing import Any, TypeVar
 
+from rlm_service.repl.control import ReplError
+
+T = TypeVar("T")
 MOUNTS = ("tmp", "dev/shm")
+# How often the host looks at the file count while a block runs.
+CHECK_SECONDS = 0.25
 
 
 def _leaf(pid: int) -> int:
@@ -43,3 +51,27 @@ def files_in_tmp(pid: int) -> int | None:
             return None
         used += max(0, st.f_files - st.f_ffree - 1)  # the mount's own root
     return used
+
+
+async def capped(work: Coroutine[Any, Any, T], pid: int | None, cap: int) -> T:
+    """``work`` (a block), while the sandbox of ``pid`` stays under ``cap`` files;
+    ReplError past it. ``pid`` None: nothing to watch."""
+    task: asyncio.Task[T] = asyncio.ensure_future(work)
+    try:
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=CHECK_SECONDS)
+            # Checked at the end too: short blocks add up, and so do background
+            # processes between blocks.
+            files = files_in_tmp(pid) if pid is not None else None
+            if files is not None and files > cap:
+                raise ReplError(
+                    f"the sandbox's /tmp and /dev/shm hold {files:,} files and folders, over "
+                    f"the limit of {cap:,}; the REPL process was killed. Keep fewer files.")
+            if done:
+                return task.result()
+    finally:
+        if not task.done():
+            task.cancel()
+            # wait(), not await task: the block's own end is no error of ours, while a
+            # cancel of this task must still get through.
+            await asyncio.wait({task})

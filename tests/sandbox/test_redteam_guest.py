@@ -30,6 +30,7 @@ from tests.sandbox.test_redteam import (
     assert_restarted,
     attack,
     block,
+    code,
 )
 
 pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.timeout(60)]
@@ -201,6 +202,21 @@ async def test_many_empty_files_in_tmp_replace_the_repl(srv, stub, fake) -> None
     assert_restarted(events)
     assert "files" in block(events).stderr and "all made" not in block(events).stdout
     await assert_healthy(srv, stub, fake)
+
+
+async def test_files_from_many_short_blocks_add_up(srv, stub, fake) -> None:
+    # Each block is over before the first check while it runs; the check at its end
+    # still counts.
+    step = repl(code(f"""
+        import os
+        n = globals().get('n', 0) + 1
+        for i in range({TMP_FILES // 2}):
+            open(f'/tmp/{{n}}-{{i}}', 'w').close()
+        """))
+    events = await attack(stub, fake, "n = 0", step, step, step, AFTER)
+    restarted = [b for b in of_kind(events, "code_block") if b.repl_restarted]
+    assert restarted and "files" in restarted[0].stderr
+    assert final_of(events).answer == "after:3"
 
 
 async def test_calls_in_flight_are_capped_per_repl(srv, stub, fake) -> None:
