@@ -57,6 +57,7 @@ class Capture(io.TextIOBase):
     def write(self, s: str) -> int:
         if not isinstance(s, str):
             raise TypeError(f"write() argument must be str, not {type(s).__name__}")
+        s = str.__str__(s)  # a plain str: a subclass's own slicing must not reach the reply
         with self._lock:
             self.total += len(s)
             room = self._limit - self._kept
@@ -184,9 +185,12 @@ class Executor:
         """The model's variable names, clipped: a name is the model's data too."""
         names = []
         for key, value in list(self.ns.items()):
-            if (isinstance(key, str) and key and not key.startswith("_")
-                    and key not in self.reserved and not isinstance(value, type(sys))):
-                names.append(protocol.clip_name(key))
+            if not isinstance(key, str):
+                continue
+            name = str.__str__(key)  # the model's str subclass keeps its own methods
+            if (name and not name.startswith("_") and name not in self.reserved
+                    and not isinstance(value, type(sys))):
+                names.append(protocol.clip_name(name))
         names.sort()
         if len(names) > protocol.MAX_VARS:
             names = [*names[:protocol.MAX_VARS - 1], f"... {len(names):,} in all"]

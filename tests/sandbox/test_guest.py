@@ -41,3 +41,14 @@ def test_odd_namespace_keys_do_not_break_the_variable_list(executor: Executor) -
                        1.0)
     names = executor.user_vars()
     assert "ok" in names and all(0 < len(n) <= 80 for n in names)
+
+
+def test_a_str_subclass_cannot_break_the_capture_or_the_names(executor: Executor) -> None:
+    code = ("class S(str):\n"
+            "    def __getitem__(self, k): return 5\n"
+            "    def startswith(self, *a): raise RuntimeError\n"
+            "    def __hash__(self): raise RuntimeError\n"
+            "import sys\nsys.stdout.write(S('shown'))\nglobals()[S('odd')] = 1")
+    outcome = executor.run_block(code, 1.0)
+    assert outcome.stdout.getvalue() == "shown", outcome.stderr.getvalue()
+    assert "S" in executor.user_vars()
