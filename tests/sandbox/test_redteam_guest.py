@@ -225,7 +225,9 @@ async def test_calls_in_flight_are_capped_per_repl(srv, stub, fake) -> None:
         events = await attack(stub, fake, f"""
             import threading
             out = []
+            start = threading.Barrier({MAX_CALLS_IN_FLIGHT + 8})
             def one():
+                start.wait()
                 out.append(llm_query('p'))
             threads = [threading.Thread(target=one) for _ in range({MAX_CALLS_IN_FLIGHT + 8})]
             for t in threads:
@@ -237,6 +239,7 @@ async def test_calls_in_flight_are_capped_per_repl(srv, stub, fake) -> None:
             """)
     finally:
         fake.model_latency.pop("fake-sub", None)
+    assert len(block(events).stdout.split()) == 2, block(events)
     total, refused = map(int, block(events).stdout.split())
     assert total == MAX_CALLS_IN_FLIGHT + 8 and refused >= 1
     await assert_healthy(srv, stub, fake)
