@@ -15,6 +15,7 @@ import grpc
 from google.protobuf import json_format
 
 from rlm_service._gen.rlm.internal.v1 import llm_query_pb2, llm_query_pb2_grpc
+from rlm_service.repl.calls import CallCaps
 from rlm_service.repl_guest import protocol
 from rlm_service.run import subcalls
 from rlm_service.run.loop import Run
@@ -50,6 +51,7 @@ class LLMQueryServicer(llm_query_pb2_grpc.LLMQueryServiceServicer):
     def __init__(self, registry: CallbackRegistry, max_batch: int) -> None:
         self.registry = registry
         self.max_batch = max_batch
+        self.caps = CallCaps()  # guest hook: per-REPL calls and bytes in flight
 
     async def _run_for(self, context: grpc.aio.ServicerContext[Any, Any]) -> Run:
         secret = ""
@@ -65,10 +67,13 @@ class LLMQueryServicer(llm_query_pb2_grpc.LLMQueryServiceServicer):
     async def Query(self, request: llm_query_pb2.QueryRequest,
                     context: grpc.aio.ServicerContext[Any, Any]) -> llm_query_pb2.QueryResponse:
         run = await self._run_for(context)
-        has_context = request.HasField("context")
-        value = _from_value(request.context) if has_context else None
-        text, error = await run.spawn(subcalls.query(
-            run, request.prompt, request.model, request.recursive, value, has_context))
+        with self.caps.admit(run, request.ByteSize()) as refused:
+            if refused is not None:
+                return llm_query_pb2.QueryResponse(text=refused, error=True)
+            has_context = request.HasField("context")
+            value = _from_value(request.context) if has_context else None
+            text, error = await run.spawn(subcalls.query(
+                run, request.prompt, request.model, request.recursive, value, has_context))
         return llm_query_pb2.QueryResponse(text=text, error=error)
 
     async def QueryBatched(
@@ -86,8 +91,13 @@ class LLMQueryServicer(llm_query_pb2_grpc.LLMQueryServiceServicer):
         if contexts is not None and len(contexts) != len(prompts):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                                 "contexts must have one item per prompt")
-        results = await run.spawn(subcalls.query_batched(
-            run, prompts, request.model, request.recursive, contexts))
+        with self.caps.admit(run, request.ByteSize()) as refused:
+            if refused is not None:
+                return llm_query_pb2.QueryBatchedResponse(
+                    responses=[llm_query_pb2.QueryResponse(text=refused, error=True)]
+                    * len(prompts))
+            results = await run.spawn(subcalls.query_batched(
+                run, prompts, request.model, request.recursive, contexts))
         return llm_query_pb2.QueryBatchedResponse(
             responses=[llm_query_pb2.QueryResponse(text=t, error=e) for t, e in results]
         )

@@ -118,6 +118,8 @@ class Settings(BaseSettings):
     sandbox_max_open_files: int = Field(256, ge=32)
     sandbox_max_file_mb: int = Field(512, ge=1)
     sandbox_tmp_mb: int = Field(512, ge=1)
+    # Files and folders the sandbox's /tmp and /dev/shm may hold together; 0 = no cap.
+    sandbox_tmp_files: int = Field(20_000, ge=0)
     sandbox_block_timeout_seconds: float = Field(120.0, gt=0)
     sandbox_pool_size: int = Field(2, ge=0)
     sandbox_pool_max: int = Field(16, ge=0)

@@ -1,4 +1,11 @@
-"""Host side of one sandboxed REPL process."""
+"""Host side of one sandboxed REPL process.
+
+The guest is untrusted: its frames are checked field by field (``control``), its
+fd output is read only up to the cap (``output``), its tmpfs is watched for files
+(``tmpfs``). Whatever it does, ``execute`` and ``get_var`` return a result; a REPL
+that broke the protocol or died is closed and reported as crashed, so the run
+goes on with a fresh one.
+"""
 
 from __future__ import annotations
 
@@ -10,33 +17,26 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from rlm_service.repl.sandbox import Launch, Sandbox
+from rlm_service.repl import output, tmpfs
+from rlm_service.repl.control import Control, ReplError
+from rlm_service.repl.proxy import CallbackProxy
+from rlm_service.repl.sandbox import CALLBACK_SOCKET_NAME, Sandbox
+from rlm_service.repl.spawn import spawn_guest
 from rlm_service.repl_guest import protocol
 
 log = logging.getLogger(__name__)
-
-# What the host takes in pushes while it waits for a reply: a push costs one
-# unit plus one per PUSH_MAX_CHARS of content, and the allowance is PUSH_BURST
-# units plus one per half PUSH_INTERVAL. An honest guest stays well inside;
-# forged frames cannot keep the service decoding (one frame of up to MAX_FRAME
-# at most, then the REPL is dropped).
-PUSH_BURST = 4.0
-MIN_PUSH_INTERVAL = protocol.PUSH_INTERVAL / 2
+__all__ = ["ExecResult", "ReplError", "ReplProcess"]
 # How long past its own limit a block may take before the process is killed:
 # the guest interrupts the block itself first, this catches code that ignores it.
 HARD_KILL_GRACE = 2.0
 START_TIMEOUT = 30.0
-
-
-class ReplError(Exception):
-    """The REPL process died or broke the protocol; its state is gone."""
+R = TypeVar("R", protocol.Ack, protocol.ExecReply, protocol.VarReply)
 
 
 @dataclass
@@ -53,45 +53,23 @@ class ExecResult:
     crashed: bool = False
 
 
-class _Drain:
-    """Reads a pipe continuously, keeping at most ``limit`` bytes per block."""
-
-    def __init__(self, stream: asyncio.StreamReader, limit: int) -> None:
-        self._buf = bytearray()
-        self.dropped = 0
-        self._limit = limit
-        self.task = asyncio.create_task(self._run(stream))
-
-    async def _run(self, stream: asyncio.StreamReader) -> None:
-        with contextlib.suppress(Exception):
-            while chunk := await stream.read(65536):
-                room = self._limit - len(self._buf)
-                if room > 0:
-                    self._buf += chunk[:room]
-                self.dropped += max(0, len(chunk) - max(room, 0))
-
-    def take(self) -> tuple[str, int]:
-        data, dropped = bytes(self._buf), self.dropped
-        self._buf.clear()
-        self.dropped = 0
-        return data.decode(errors="replace"), dropped
-
-
 class ReplProcess:
     """One sandboxed interpreter. Serves exactly one run, then is destroyed."""
 
     def __init__(self, sandbox: Sandbox, proc: asyncio.subprocess.Process, run_dir: Path,
-                 reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+                 reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                 proxy: CallbackProxy) -> None:
         self.sandbox = sandbox
         self.proc = proc
         self.run_dir = run_dir
-        self._reader = reader
-        self._writer = writer
+        self.proxy = proxy
+        self._control = Control(reader, writer)
         limit = sandbox.settings.max_output_chars * 4
         assert proc.stdout is not None and proc.stderr is not None
-        self._out = _Drain(proc.stdout, limit)
-        self._err = _Drain(proc.stderr, limit)
+        self._out = output.Drain(proc.stdout, limit)
+        self._err = output.Drain(proc.stderr, limit)
         self._lock = asyncio.Lock()
+        self._max_tmp_files = sandbox.settings.sandbox_tmp_files
         self.closed = False
         self._closing: asyncio.Future[None] | None = None
         # Called with ``answer["content"]`` whenever the running block changes it.
@@ -102,55 +80,11 @@ class ReplProcess:
         run_dir = sandbox.runtime_dir / "runs" / secrets.token_hex(8)
         run_dir.mkdir(parents=True, mode=0o755)
         os.chmod(run_dir, 0o755)
-        parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        launch: Launch | None = None
+        proxy = CallbackProxy(sandbox.callback_socket, run_dir / CALLBACK_SOCKET_NAME)
+        proc, reader, writer = await spawn_guest(sandbox, run_dir, proxy)
+        repl = cls(sandbox, proc, run_dir, reader, writer, proxy)
         try:
-            launch = sandbox.launch(run_dir, child.fileno(), sandbox.next_uid())
-            spawn = asyncio.ensure_future(asyncio.create_subprocess_exec(
-                *launch.argv,
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE,
-                env=launch.env,
-                **launch.popen_kwargs,
-            ))
-        except BaseException:
-            for closing in (child.close, parent.close, *([launch.close] if launch else [])):
-                closing()
-            sandbox.release(run_dir)
-            shutil.rmtree(run_dir, ignore_errors=True)
-            raise
-        # The child's fds stay open until the spawn is over, so no fd number it was
-        # told to keep can be reused by something else in the meantime.
-        def spawned(_: object, launch: Launch = launch) -> None:
-            child.close()
-            launch.close()
-
-        spawn.add_done_callback(spawned)
-        try:
-            # Shielded: cancelling create_subprocess_exec while it connects the pipes can
-            # leave it waiting forever (CPython gh-103847), holding the run dir and fds.
-            proc = await asyncio.shield(spawn)
-        except BaseException:
-            parent.close()
-            spawn.add_done_callback(lambda t: _undo_spawn(t, sandbox, run_dir))
-            raise
-        try:
-            reader, writer = await asyncio.open_unix_connection(
-                sock=parent, limit=protocol.MAX_FRAME + 16
-            )
-        except BaseException:
-            # Cancelled here (a pool closing), nothing else owns the process yet.
-            parent.close()
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            await proc.wait()
-            sandbox.release(run_dir)
-            shutil.rmtree(run_dir, ignore_errors=True)
-            raise
-        repl = cls(sandbox, proc, run_dir, reader, writer)
-        try:
-            await asyncio.wait_for(repl._recv(), START_TIMEOUT)  # the "ready" frame
+            await asyncio.wait_for(repl._recv_ready(), START_TIMEOUT)
         except BaseException as exc:
             err, _ = repl._err.take()
             await repl.close()
@@ -160,44 +94,25 @@ class ReplProcess:
         return repl
 
     # --- protocol -----------------------------------------------------------------
-    async def _send(self, message: dict[str, Any]) -> None:
-        self._writer.write(protocol.encode(message))
-        await self._writer.drain()
-
-    async def _recv(self) -> dict[str, Any]:
+    async def _recv_ready(self) -> None:
         try:
-            header = await self._reader.readexactly(protocol.HEADER.size)
-            body = await self._reader.readexactly(protocol.decode_length(header))
-            return protocol.decode_body(body)
-        except (asyncio.IncompleteReadError, ConnectionError, ValueError, RecursionError) as exc:
-            # RecursionError: a deeply nested JSON frame forged by the model's code.
+            await self._control.recv(protocol.Ready)
+        except (asyncio.IncompleteReadError, ConnectionError) as exc:
             raise ReplError(await self._death_note()) from exc
 
-    async def _request(self, message: dict[str, Any], timeout: float | None) -> dict[str, Any]:
+    async def _request(self, message: protocol.HostMessage, expected: type[R],
+                       timeout: float) -> R:
         if self.closed:
             raise ReplError("the REPL process is closed")
         async with self._lock:
             try:
-                await self._send(message)
-            except (ConnectionError, OSError) as exc:
+                await self._control.send(message)
+                return await asyncio.wait_for(
+                    self._control.reply(expected, self.on_partial), timeout)
+            except TimeoutError:  # an OSError too, but the caller's case
+                raise
+            except (asyncio.IncompleteReadError, ConnectionError, OSError) as exc:
                 raise ReplError(await self._death_note()) from exc
-            return await asyncio.wait_for(self._reply(), timeout)
-
-    async def _reply(self) -> dict[str, Any]:
-        """The reply to the request just sent, taking in the guest's pushes on the way."""
-        started = time.monotonic()
-        spent = 0.0
-        while True:
-            message = await self._recv()
-            if message.get("push") != protocol.PUSH_PARTIAL:
-                return message
-            content = str(message.get("content", ""))
-            spent += 1 + len(content) / protocol.PUSH_MAX_CHARS
-            if spent > PUSH_BURST + (time.monotonic() - started) / MIN_PUSH_INTERVAL:
-                raise ReplError("the REPL sent more answer updates than its guest ever "
-                                "does (forged control frames)")
-            if self.on_partial is not None:
-                self.on_partial(content)
 
     async def _death_note(self) -> str:
         with contextlib.suppress(asyncio.TimeoutError, ProcessLookupError):
@@ -205,106 +120,103 @@ class ReplProcess:
         code = self.proc.returncode
         if code is None:
             return "the REPL closed its control channel"
-        if code < 0:
-            try:
-                name = signal.Signals(-code).name
-            except ValueError:
-                name = str(-code)
-            return f"the REPL process was killed by signal {name}"
-        # bwrap reports the guest's death by signal as 128+N.
-        if code > 128:
-            with contextlib.suppress(ValueError):
+        with contextlib.suppress(ValueError):
+            if code < 0:
+                return f"the REPL process was killed by signal {signal.Signals(-code).name}"
+            # bwrap reports the guest's death by signal as 128+N.
+            if code > 128:
                 return f"the REPL process was killed by signal {signal.Signals(code - 128).name}"
         return f"the REPL process exited with status {code}"
 
     # --- operations ---------------------------------------------------------------
     async def load_context(self, context: Any, secret: str) -> None:
         """Writes the context to a file the guest reads: no giant frame on a pipe."""
-        kind = "str" if isinstance(context, str) else "json"
+        kind: Any = "str" if isinstance(context, str) else "json"
         path = self.run_dir / ("context.txt" if kind == "str" else "context.json")
         await asyncio.to_thread(_write_context, path, context, kind)
         guest_dir, guest_socket = self.sandbox.guest_paths(self.run_dir)
+        request = protocol.InitRequest(context_path=f"{guest_dir}/{path.name}",
+                                       context_kind=kind, secret=secret, socket=guest_socket)
         try:
-            reply = await self._request({
-                "op": "init",
-                "context_path": f"{guest_dir}/{path.name}",
-                "context_kind": kind,
-                "secret": secret,
-                "socket": guest_socket,
-            }, timeout=120.0)
+            reply = await self._request(request, protocol.Ack, timeout=120.0)
         except TimeoutError:
             await self.close()
             raise ReplError("the REPL did not load the context within 120 s") from None
+        except ReplError:
+            await self.close()
+            raise
         # The guest holds the context in memory now; the file only costs disk.
         with contextlib.suppress(OSError):
             path.unlink()
-        if not reply.get("ok"):
-            raise ReplError(f"REPL could not load the context: {reply.get('error', '')}")
+        if not reply.ok:
+            raise ReplError(f"REPL could not load the context: {reply.error}")
 
     async def execute(self, code: str, timeout: float) -> ExecResult:
+        """Runs one block. Never raises (but CancelledError): a REPL that failed is
+        closed and the result says ``crashed``, with why in ``stderr``."""
         self._out.take()
         self._err.take()
         started = time.monotonic()
         try:
-            reply = await self._request({"op": "exec", "code": code, "timeout": timeout},
-                                        timeout=timeout + HARD_KILL_GRACE)
+            request = protocol.ExecRequest(code=code, timeout=timeout)
+            watch = "tmpfs" in self.sandbox.layers and self._max_tmp_files > 0
+            reply = await tmpfs.capped(
+                self._request(request, protocol.ExecReply, timeout + HARD_KILL_GRACE),
+                self.proc.pid if watch else None, self._max_tmp_files)
+            # Output written straight to fds 1/2 (os.write, child processes) comes via
+            # the pipes; let the drains take what is already there.
+            await asyncio.sleep(0)
+            return self._result(reply)
         except TimeoutError:
-            await self.close()
-            return ExecResult(
-                stderr=f"TimeoutError: the block ran longer than {timeout:g} s and did not "
-                       "stop when interrupted; the REPL process was killed.",
-                error=True, timed_out=True, crashed=True,
-                duration=time.monotonic() - started,
-            )
+            note = (f"TimeoutError: the block ran longer than {timeout:g} s and did not "
+                    "stop when interrupted; the REPL process was killed.")
+            return await self._crashed(started, note, timed_out=True)
         except ReplError as exc:
-            out, _ = self._out.take()
-            err, _ = self._err.take()
-            await self.close()
-            return ExecResult(stdout=out, stderr=(err + f"\n{exc}").strip(), error=True,
-                              crashed=True, duration=time.monotonic() - started)
-        # Output written straight to fds 1/2 (os.write, child processes) comes via the pipes.
-        await asyncio.sleep(0)
-        try:
-            return self._result(reply, started)
-        except (TypeError, ValueError, AttributeError) as exc:
-            # The model's code wrote its own frame on the control channel.
-            await self.close()
-            return ExecResult(stderr=f"the REPL broke the control protocol ({exc}); the REPL "
-                                     "process was killed.", error=True, crashed=True,
-                              duration=time.monotonic() - started)
+            return await self._crashed(started, str(exc))
+        except Exception as exc:  # nothing from the guest may end the run
+            log.exception("REPL block failed on the host side")
+            return await self._crashed(started, f"the REPL failed ({type(exc).__name__}); "
+                                                "the REPL process was killed.")
 
-    def _result(self, reply: dict[str, Any], started: float) -> ExecResult:
-        fd_out, out_dropped = self._out.take()
-        fd_err, err_dropped = self._err.take()
+    async def _crashed(self, started: float, note: str, timed_out: bool = False) -> ExecResult:
+        out, _ = self._out.take()
+        err, _ = self._err.take()
+        await self.close()
         limit = self.sandbox.settings.max_output_chars
-        stdout, out_cut = _clip(str(reply.get("stdout", "")) + fd_out,
-                                int(reply.get("stdout_total", 0)) + len(fd_out) + out_dropped,
-                                limit)
-        stderr, err_cut = _clip(str(reply.get("stderr", "")) + fd_err,
-                                int(reply.get("stderr_total", 0)) + len(fd_err) + err_dropped,
-                                limit)
-        final = reply.get("final")
+        return ExecResult(stdout=output.clip(out, len(out), limit)[0],
+                          stderr=(output.clip(err, len(err), limit)[0] + f"\n{note}").strip(),
+                          error=True, timed_out=timed_out, crashed=True,
+                          duration=time.monotonic() - started)
+
+    def _result(self, reply: protocol.ExecReply) -> ExecResult:
+        fd_out, out_unread = self._out.take()
+        fd_err, err_unread = self._err.take()
+        limit = self.sandbox.settings.max_output_chars
+        stdout, out_cut = output.clip(reply.stdout + fd_out, reply.stdout_total + len(fd_out),
+                                      limit, out_unread)
+        stderr, err_cut = output.clip(reply.stderr + fd_err, reply.stderr_total + len(fd_err),
+                                      limit, err_unread)
         return ExecResult(
-            stdout=stdout, stderr=stderr,
-            error=bool(reply.get("error")), timed_out=bool(reply.get("timed_out")),
-            truncated=out_cut or err_cut,
-            final=None if final is None else str(final),
-            partial=str(reply.get("partial", "")),
-            variables=[str(v) for v in reply.get("vars", [])],
-            duration=float(reply.get("duration", time.monotonic() - started)),
+            stdout=stdout, stderr=stderr, error=reply.error, timed_out=reply.timed_out,
+            truncated=out_cut or err_cut, final=reply.final, partial=reply.partial or "",
+            variables=reply.vars, duration=reply.duration,
         )
 
     async def get_var(self, name: str) -> tuple[bool, str]:
+        """(True, str(value)) or (False, why not). Never raises (but CancelledError);
+        when the REPL died or broke the protocol it is closed (``closed`` is True)."""
         try:
-            reply = await self._request({"op": "get_var", "name": name}, timeout=30.0)
-        except (TimeoutError, ReplError) as exc:
+            reply = await self._request(protocol.GetVarRequest(name=name), protocol.VarReply,
+                                        timeout=30.0)
+        except Exception as exc:
             # The guest guards the variable's __str__ itself; no answer in time
             # means it is stuck or gone, and a late reply would desynchronise it.
+            if not isinstance(exc, TimeoutError | ReplError):
+                log.exception("FINAL_VAR failed on the host side")
             await self.close()
-            return False, f"the REPL did not return the variable ({exc or 'timed out'})"
-        if reply.get("ok"):
-            return True, str(reply.get("value", ""))
-        return False, str(reply.get("error", ""))
+            why = str(exc) if isinstance(exc, ReplError) else "it timed out or failed"
+            return False, f"the REPL did not return the variable ({why}); it was replaced"
+        return (True, reply.value) if reply.ok else (False, reply.error)
 
     async def close(self) -> None:
         """Kills the process and everything it started, and removes its files.
@@ -328,36 +240,15 @@ class ReplProcess:
             except (ProcessLookupError, PermissionError):
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(self.proc.pid, signal.SIGKILL)
-        self._writer.close()
+        self._control.writer.close()
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(self.proc.wait(), 5.0)
-        for drain in (self._out, self._err):
-            drain.task.cancel()
-        await asyncio.gather(self._out.task, self._err.task, return_exceptions=True)
+        await output.stop(self._out, self._err)
+        await self.proxy.close()
         # Whatever left the process tree (a daemon that dodged the PID namespace's end)
         # is still in the REPL's cgroups.
         await asyncio.to_thread(self.sandbox.release, self.run_dir)
         await asyncio.to_thread(shutil.rmtree, self.run_dir, True)
-
-
-_UNDOING: set[asyncio.Task[None]] = set()
-
-
-def _undo_spawn(spawn: asyncio.Future[asyncio.subprocess.Process], sandbox: Sandbox,
-                run_dir: Path) -> None:
-    """Kills and reaps a REPL whose start was abandoned, once its spawn is over."""
-    async def undo() -> None:
-        if not spawn.cancelled() and spawn.exception() is None:
-            proc = spawn.result()
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            await proc.wait()
-        await asyncio.to_thread(sandbox.release, run_dir)
-        await asyncio.to_thread(shutil.rmtree, run_dir, True)
-
-    task = asyncio.ensure_future(undo())
-    _UNDOING.add(task)
-    task.add_done_callback(_UNDOING.discard)
 
 
 def _write_context(path: Path, context: Any, kind: str) -> None:
@@ -368,9 +259,3 @@ def _write_context(path: Path, context: Any, kind: str) -> None:
         else:
             json.dump(context, f, ensure_ascii=False)
 
-
-def _clip(text: str, total: int, limit: int) -> tuple[str, bool]:
-    if total <= limit and len(text) <= limit:
-        return text, False
-    kept = text[:limit]
-    return kept + f"\n... [output cut: showing {len(kept):,} of {max(total, len(text)):,} characters]", True

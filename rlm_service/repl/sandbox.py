@@ -59,7 +59,9 @@ STAND_INS = {"uid": "userns-uid"}
 # cannot create cgroups, and rlimits still bound each process there.
 OPTIONAL_LAYERS = ("cgroups",)
 GUEST_RUN_DIR = "/rlm/run"
-GUEST_SOCKET = "/rlm/callback.sock"
+# A REPL reaches the callback through a socket of its own in its run dir, which the
+# host relays to the shared server (repl/proxy.py); the shared one is not mounted.
+CALLBACK_SOCKET_NAME = "callback.sock"
 GUEST_PKG_ROOT = "/opt/rlm/pkg"
 GUEST_SITE = "/opt/rlm/site"
 
@@ -186,8 +188,7 @@ class Sandbox:
         # backend modules to poke at.
         binds += [Bind(PACKAGE_DIR / part, f"{GUEST_PKG_ROOT}/{PACKAGE_DIR.name}/{part}")
                   for part in GUEST_PACKAGE_PARTS]
-        return [*binds, Bind(run_dir, GUEST_RUN_DIR),
-                Bind(self.callback_socket, GUEST_SOCKET, writable=True)]
+        return [*binds, Bind(run_dir, GUEST_RUN_DIR)]
 
     def launch(self, run_dir: Path, ctrl_fd: int, uid: int) -> Launch:
         guest_args = [
@@ -250,8 +251,8 @@ class Sandbox:
     def guest_paths(self, run_dir: Path) -> tuple[str, str]:
         """(run dir, callback socket) as the guest sees them."""
         if "namespaces" in self.layers:
-            return GUEST_RUN_DIR, GUEST_SOCKET
-        return str(run_dir), str(self.callback_socket)
+            return GUEST_RUN_DIR, f"{GUEST_RUN_DIR}/{CALLBACK_SOCKET_NAME}"
+        return str(run_dir), str(run_dir / CALLBACK_SOCKET_NAME)
 
     def probe(self) -> None:
         """Starts one sandboxed interpreter to prove the layers work on this host."""

@@ -42,6 +42,7 @@ class Run:
     repl: Repl | None = None
     secret: str = ""
     result: RunResult | None = None
+    _var_error: str = ""  # why the last FINAL_VAR in a reply gave no answer
     _inflight: set[asyncio.Task[Any]] = field(default_factory=set)
     _context: contextvars.Context = field(default_factory=contextvars.copy_context)
 
@@ -126,7 +127,7 @@ class Run:
                 answer = await self._final_from_text(reply.text)
                 if answer is not None:
                     return RunResult(answer, self.iteration, forced=False)
-                messages.append(Message("user", prompts.NO_CODE))
+                messages.append(Message("user", self._var_error or prompts.NO_CODE))
                 continue
             answer, fed = await self._run_blocks(blocks)
             if answer is not None:
@@ -175,6 +176,7 @@ class Run:
         return reply
 
     async def _final_from_text(self, text: str) -> str | None:
+        self._var_error = ""
         tag = parsing.final_tag(text)
         if tag is None:
             return None
@@ -182,7 +184,21 @@ class Run:
             return tag.value
         assert self.repl is not None
         ok, value = await self.repl.get_var(tag.value)
-        return value if ok else None
+        if ok:
+            return value
+        # The model learns why FINAL_VAR gave no answer, and a REPL that died turning
+        # the variable into text is replaced now, not at the next block.
+        self._var_error = f"FINAL_VAR({tag.value[:80]}) gave no answer: {value}"
+        if self.repl.closed:
+            self._var_error += " " + await self._replace_repl()
+        return None
+
+    async def _replace_repl(self) -> str:
+        await self._drop_repl()
+        await self._start_repl()
+        self.req.emit(events.Notice("repl_restarted", REPL_RESTARTED, depth=self.depth,
+                                    call_id=self.call_id))
+        return REPL_RESTARTED
 
     async def _run_blocks(self, blocks: list[str]) -> tuple[str | None, str]:
         """Runs one turn's blocks in order: (the final answer or None, the feedback)."""
@@ -215,11 +231,7 @@ class Run:
             if result.final is not None:
                 return result.final, ""
             if result.crashed:
-                await self._drop_repl()
-                await self._start_repl()
-                note = REPL_RESTARTED
-                self.req.emit(events.Notice("repl_restarted", note, depth=self.depth,
-                                            call_id=self.call_id))
+                note = await self._replace_repl()
                 variables = []
                 break
         return None, prompts.feedback(fed, variables, note)

@@ -495,7 +495,7 @@ async def test_output_flood_is_capped(srv, stub, fake, flood: str) -> None:
 
 
 # --- file descriptors and the control channel --------------------------------------
-CTRL = "ctrl = llm_query.__self__._ctrl.fileno()\n"
+CTRL = "import sys\nctrl = int(sys.argv[sys.argv.index('--ctrl-fd') + 1])\n"
 
 
 @pytest.mark.parametrize("fds", [
@@ -655,7 +655,7 @@ async def test_other_processes_cannot_be_traced_or_read(srv, stub, fake) -> None
 CALLBACK_PROBE = """
 import grpc
 from rlm_service._gen.rlm.internal.v1 import llm_query_pb2 as pb, llm_query_pb2_grpc as pbg
-channel = grpc.insecure_channel('unix:///rlm/callback.sock')
+channel = grpc.insecure_channel('unix:///rlm/run/callback.sock')
 raw = pbg.LLMQueryServiceStub(channel)
 def try_secret(secret):
     try:
@@ -670,7 +670,7 @@ def try_secret(secret):
 async def test_forged_secret_is_unauthenticated(srv, stub, fake) -> None:
     before = len([r for r in fake.calls_for("fake-sub") if "FORGED-CALL" in r.last_user_text])
     events = await attack(stub, fake, CALLBACK_PROBE + code("""
-        own = llm_query.__self__._secret
+        own = llm_query.__self__.client.secret
         results = [try_secret(s) for s in ('forged', '', 'A' * 43, own[:-1] + '!', own + 'x',
                                            own.upper() if own != own.upper() else own.lower())]
         print(results)
@@ -705,7 +705,7 @@ async def test_other_runs_secret_cannot_be_discovered(srv, stub, fake) -> None:
     try:
         events = await attack(stub, fake, CALLBACK_PROBE + code(r"""
             import os, re
-            own = llm_query.__self__._secret
+            own = llm_query.__self__.client.secret
             blob = []
             for pid in os.listdir('/proc'):
                 if not pid.isdigit():
