@@ -25,25 +25,29 @@ def service_cgroups() -> list[Path]:
     return [p for p in Path("/sys/fs/cgroup").rglob(f"rlm-{os.getpid()}-*") if p.is_dir()]
 
 
-# Four children each touch 400 MB: every one is inside RLIMIT_AS (1 GiB a process), but
-# together they pass the REPL's 1 GiB cgroup, so the kernel kills at least one.
+# Four children each touch 320 MB: every one is inside RLIMIT_AS (1 GiB a process, the
+# interpreter's own mappings included), but together they pass the REPL's 1 GiB cgroup,
+# so the kernel kills at least one. A child refused by RLIMIT_AS exits 3 instead.
 HOG = textwrap.dedent("""
     import os, signal, time
     kids = []
     for _ in range(4):
         pid = os.fork()
         if pid == 0:
+            code = 0
             try:
-                block = bytearray(400 * 1024 * 1024)
+                block = bytearray(320 * 1024 * 1024)
                 for i in range(0, len(block), 4096):
                     block[i] = 1
                 time.sleep(3)
+            except MemoryError:
+                code = 3
             finally:
-                os._exit(0)
+                os._exit(code)
         kids.append(pid)
     codes = [os.waitpid(k, 0)[1] for k in kids]
     killed = sum(os.WIFSIGNALED(c) and os.WTERMSIG(c) == signal.SIGKILL for c in codes)
-    print('killed', killed, 'of', len(kids))
+    print('killed', killed, 'of', len(kids), 'codes', codes)
 """)
 
 
