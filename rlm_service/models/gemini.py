@@ -35,7 +35,7 @@ from google import genai
 from google.genai import errors as genai_errors
 from google.genai import types
 
-from rlm_service.config import Settings, vertex_configured
+from rlm_service.config import Settings
 from rlm_service.models._base import (
     AttemptHook,
     DeltaHook,
@@ -90,7 +90,7 @@ class GeminiBackend:
         self._pool_size = settings.max_concurrent_model_calls
         # Shared by every backend of the process (build_backends), so the cap is process-wide.
         self._semaphore = limiter or asyncio.Semaphore(settings.max_concurrent_model_calls)
-        self._vertex = vertex_configured()
+        self._vertex = settings.google_genai_use_vertexai
         self._typed_only = typed_only
         if not self._vertex and not self._api_key and not settings.gemini_base_url:
             raise ValueError("GEMINI_API_KEY is not set (or set GOOGLE_GENAI_USE_VERTEXAI "
@@ -132,10 +132,10 @@ class GeminiBackend:
         if self._vertex:
             # Project, location and credentials come from the SDK's own
             # environment handling (GOOGLE_CLOUD_PROJECT, ADC, ...).
-            self._client = genai.Client(http_options=http_options)
+            self._client = genai.Client(vertexai=True, http_options=http_options)
         else:
             # A keyless proxy or local stand-in still needs some key for the SDK to start.
-            self._client = genai.Client(api_key=self._api_key or "unused",
+            self._client = genai.Client(vertexai=False, api_key=self._api_key or "unused",
                                         http_options=http_options)
         api = getattr(self._client.aio, "_api_client", None)
         if not self._typed_only and callable(getattr(api, "async_request", None)):
@@ -213,6 +213,12 @@ class GeminiBackend:
             attempt, policy=self._policy, classify=lambda e: self._classify(e, what),
             deadline=deadline, on_retry=on_retry, what=what,
             limiter=self._semaphore, on_attempt=on_attempt)
+
+    @property
+    def fast_path(self) -> bool:
+        """Plain calls send JSON through the SDK's API client (see the module doc)."""
+        self._sdk()
+        return self._raw_api is not None
 
     def _path_for(self, model: str) -> str:
         path = self._paths.get(model)
