@@ -36,7 +36,9 @@ from rlm_service.repl import ReplPool, Sandbox
 from rlm_service.run.engine import Engine
 from rlm_service.servicer import RLMServicer
 from rlm_service.telemetry import metrics
-from rlm_service.telemetry.interceptor import MetricsInterceptor
+from rlm_service.telemetry.interceptor import TelemetryInterceptor
+from rlm_service.telemetry.rpc_metrics import RpcMetrics
+from rlm_service.telemetry.rpc_spans import RpcSpans
 from rlm_service.telemetry.tracing import setup_tracing, shutdown_tracing
 
 if TYPE_CHECKING:
@@ -181,9 +183,11 @@ class Server:
             ("grpc.http2.max_pings_without_data", 0),
             ("grpc.keepalive_permit_without_calls", 1),
         ]
-        # edge: the auth interceptor runs inside the metrics one (refusals are counted).
+        # Telemetry first: it times and sees the outcome of the interceptors after it
+        # (authentication refusals are counted).
         auth = [AuthInterceptor(self.keys)] if self.keys is not None else []
-        interceptors = [MetricsInterceptor(), *auth, *self._interceptors]
+        interceptors = [TelemetryInterceptor([RpcMetrics(), RpcSpans()]), *auth,
+                        *self._interceptors]
         server = grpc.aio.server(interceptors=interceptors, options=options)
         add_servicer(servicer, server)  # edge: parses request bytes itself
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
