@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from typing import Any
 
 import grpc
@@ -141,7 +142,7 @@ class RLMServicer(rlm_pb2_grpc.RLMServiceServicer):
         return RequestStream(self.engine, self.settings, self._slots, spec, observe)
 
     async def _events(self, spec: RunSpec,
-                      context: Context) -> AsyncIterator[rlm_pb2.CompletionEvent]:
+                      context: Context) -> AsyncGenerator[rlm_pb2.CompletionEvent, None]:
         """Yields the request's events; a failed request then ends the RPC with its status."""
         stream = self.stream(spec)
         async with stream as events:
