@@ -77,6 +77,7 @@ class Server:
         self._runtime_dir: Path | None = None
         self._stack: contextlib.AsyncExitStack | None = None
         self._stopping: asyncio.Task[None] | None = None
+        self._started = False
 
     @property
     def runtime_dir(self) -> Path | None:
@@ -96,8 +97,9 @@ class Server:
         await self.stop()
 
     async def start(self) -> None:
-        if self._stack is not None or self._stopping is not None:
+        if self._started:
             raise RuntimeError("a Server starts once")
+        self._started = True
         stack = contextlib.AsyncExitStack()
         try:
             await self._start_parts(stack)
