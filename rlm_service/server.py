@@ -145,11 +145,13 @@ class Server:
         self.servicer = RLMServicer(self.engine, s)
 
         grpc_server = self._grpc_server(self.servicer)
+        # Pushed before it starts: a grpc.aio server left unstopped hangs the process
+        # when it is garbage-collected.
+        stack.push_async_callback(grpc_server.stop, _FINAL_EVENT_GRACE)
         self.port = grpc_server.add_insecure_port(f"{s.host}:{s.port}")
         if self.port == 0:
             raise RuntimeError(f"could not listen on {s.host}:{s.port}")
         await grpc_server.start()
-        stack.push_async_callback(grpc_server.stop, _FINAL_EVENT_GRACE)
         if s.http_port >= 0:
             http = await start_http_face(self.servicer, s, self.keys)
             stack.push_async_callback(http.stop)
