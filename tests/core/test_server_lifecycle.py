@@ -7,6 +7,7 @@ import asyncio
 import socket
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import grpc
 import pytest
@@ -15,10 +16,10 @@ from rlm_client import make_request
 from rlm_service.server import Server
 from tests.fakes.gemini import FakeGemini
 from tests.support.events import final_of, repl
-from tests.support.procs import assert_gone, trees
+from tests.support.procs import assert_gone, guest_pids, trees
 from tests.support.servers import open_stub
 from tests.support.settings import make_settings
-from tests.support.subprocess_server import port_open
+from tests.support.subprocess_server import StartProc, port_open, runtime_dirs
 
 
 @pytest.fixture
@@ -78,3 +79,14 @@ async def test_stop_waits_for_a_run_only_as_long_as_it_runs(fake_gemini: FakeGem
     assert final_of(events).answer == "done"
     # Ended by the run finishing (about 1 s), not by the 30 s grace running out.
     assert took < 10.0, took
+
+
+def test_rlm_server_with_a_taken_port_exits_cleanly(server_proc: StartProc, busy_port: int,
+                                                    world_tmp: Path) -> None:
+    proc = server_proc(ready=False, HTTP_PORT=str(busy_port))
+    assert proc.wait_exit(timeout=60) != 0
+    assert any("rlm-server: could not start:" in line and "address already in use" in line
+               for line in proc.stderr), proc.stderr
+    assert not any("Traceback" in line for line in proc.stderr), proc.stderr
+    assert not runtime_dirs(world_tmp)
+    assert not guest_pids(under=world_tmp)

@@ -165,7 +165,7 @@ def base_env(fake: FakeGemini, tmpdir: Path, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(_SCRUBBED_PREFIXES)}
     env.update({
         "PORT": str(free_port()), "METRICS_PORT": str(free_port()), "HOST": "127.0.0.1",
-        "METRICS_HOST": "127.0.0.1",
+        "METRICS_HOST": "127.0.0.1", "HTTP_PORT": str(free_port()), "HTTP_HOST": "127.0.0.1",
         "GEMINI_BASE_URL": fake.base_url, "GEMINI_API_KEY": API_KEY,
         "GEMINI_MODEL_NAME": ROOT_MODEL, "GEMINI_SUB_MODEL_NAME": SUB_MODEL,
         "SHUTDOWN_GRACE_SECONDS": "1.5", "SANDBOX_POOL_SIZE": "1",
