@@ -39,7 +39,7 @@ async def test_client_cancel_logs_no_error(start_server: StartServer, fake_gemin
             if while_ == "writing":
                 await asyncio.sleep(3.0)
             call.cancel()
-        assert await engine.active.wait_empty(10.0)
+        await asyncio.wait_for(engine.wait_idle(), 10.0)
         # Whatever is left of the handler's generators is collected now, not later.
         gc.collect()
         await asyncio.sleep(0.2)
