@@ -8,6 +8,7 @@
 * ``events``: reading a run's event stream.
 * ``scrape``: Prometheus exposition parsing.
 * ``watchdog``: a pytest plugin that ends a run which hangs after its session.
+* ``memory_repl``: an in-memory REPL with the sandboxed one's interface (tests/run).
 
 ``tests/conftest.py`` loads the fixture modules as plugins and re-exports the names
 tests import from it.
