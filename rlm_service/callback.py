@@ -42,6 +42,10 @@ class CallbackRegistry:
     def lookup(self, secret: str) -> Run | None:
         return self._runs.get(_digest(secret))
 
+    def runs(self) -> list[Run]:
+        """The runs holding a live secret, as a snapshot."""
+        return list(self._runs.values())
+
 
 def _digest(secret: str) -> bytes:
     return hashlib.sha256(secret.encode()).digest()

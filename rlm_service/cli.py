@@ -34,5 +34,7 @@ def server_main() -> None:
         sys.exit(f"rlm-server: {exc}")
     except ValueError as exc:  # build_backends: a backend that cannot be set up (e.g. a cassette)
         sys.exit(f"rlm-server: {exc}")
+    except OSError as exc:  # a port that is taken; start-up has undone itself already
+        sys.exit(f"rlm-server: could not start: {exc}")
     except KeyboardInterrupt:
         pass

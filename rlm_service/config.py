@@ -44,6 +44,9 @@ class Settings(BaseSettings):
     gemini_model_name: str = "gemini-2.5-flash"
     gemini_sub_model_name: str | None = None
     gemini_base_url: str | None = None
+    # Vertex AI instead of the Gemini API; project, location and credentials come
+    # from the SDK's own variables (GOOGLE_CLOUD_PROJECT, GOOGLE_API_KEY, ADC).
+    google_genai_use_vertexai: bool = False
     openai_api_key: SecretStr | None = None
     openai_base_url: str | None = None
     openai_model_name: str = "gpt-4o-mini"
@@ -159,11 +162,7 @@ class Settings(BaseSettings):
         if backend == "replay":
             return bool(self.rlm_replay_cassette)
         if backend == "gemini":
-            return bool(self.gemini_api_key or self.gemini_base_url) or vertex_configured()
+            return bool(self.gemini_api_key or self.gemini_base_url
+                        or self.google_genai_use_vertexai)
         return bool(self.openai_api_key or self.openai_base_url)
 
-
-def vertex_configured() -> bool:
-    import os
-
-    return os.environ.get("GOOGLE_GENAI_USE_VERTEXAI", "").lower() in {"1", "true", "yes"}

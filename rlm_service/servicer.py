@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from typing import Any
 
 import grpc
@@ -141,7 +142,7 @@ class RLMServicer(rlm_pb2_grpc.RLMServiceServicer):
         return RequestStream(self.engine, self.settings, self._slots, spec, observe)
 
     async def _events(self, spec: RunSpec,
-                      context: Context) -> AsyncIterator[rlm_pb2.CompletionEvent]:
+                      context: Context) -> AsyncGenerator[rlm_pb2.CompletionEvent, None]:
         """Yields the request's events; a failed request then ends the RPC with its status."""
         stream = self.stream(spec)
         async with stream as events:
@@ -155,16 +156,22 @@ class RLMServicer(rlm_pb2_grpc.RLMServiceServicer):
     async def StreamCompletion(self, request: rlm_pb2.CompletionRequest,
                                context: Context) -> AsyncIterator[rlm_pb2.CompletionEvent]:
         spec = await self._spec(request, context)
-        async for event in self._events(spec, context):
-            yield event
+        # aclosing: when the interceptor closes this generator (a client cancel during a
+        # write), the inner ones close now, in this task. Left to garbage collection they
+        # would close in another task, and OpenTelemetry could not detach the run's span
+        # context there ("Failed to detach context", logged at ERROR).
+        async with contextlib.aclosing(self._events(spec, context)) as events:
+            async for event in events:
+                yield event
 
     async def Complete(self, request: rlm_pb2.CompletionRequest,
                        context: Context) -> rlm_pb2.CompletionResponse:
         spec = await self._spec(request, context)
         final = None
-        async for event in self._events(spec, context):
-            if event.HasField("final_answer"):
-                final = event.final_answer
+        async with contextlib.aclosing(self._events(spec, context)) as events:
+            async for event in events:
+                if event.HasField("final_answer"):
+                    final = event.final_answer
         if final is None:
             await context.abort(STATUS[ErrorKind.INTERNAL].grpc, "the run ended without an answer")
             raise AssertionError("unreachable")

@@ -33,7 +33,7 @@ from rlm_service.models._base import (
     RetryHook,
     TokenUsage,
 )
-from rlm_service.models.catalog import cost_usd, estimate_tokens, input_limit
+from rlm_service.models.catalog import ModelCatalog, estimate_tokens
 
 __all__ = [
     "AttemptHook",
@@ -41,15 +41,14 @@ __all__ = [
     "GenerateOptions",
     "Message",
     "ModelBackend",
+    "ModelCatalog",
     "ModelError",
     "ModelReply",
     "RetryHook",
     "TokenUsage",
     "build_backend",
     "build_backends",
-    "cost_usd",
     "estimate_tokens",
-    "input_limit",
 ]
 
 
@@ -77,12 +76,8 @@ def build_backends(settings: Settings) -> dict[str, ModelBackend]:
     """The backends the root and sub models need, keyed by backend name.
 
     Raises ValueError naming the missing setting when a needed backend has no
-    credentials or endpoint configured. Also installs the settings' price and
-    input-limit overrides in ``rlm_service.models.catalog``.
+    credentials or endpoint configured.
     """
-    from rlm_service.models import catalog
-
-    catalog.configure(settings)
     backends: dict[str, ModelBackend] = {}
     # One cap on model calls in flight for the whole process, whichever backend serves them.
     limiter = asyncio.Semaphore(settings.max_concurrent_model_calls)

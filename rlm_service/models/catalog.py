@@ -11,9 +11,9 @@ prefix of it, so dated or preview variants (``gemini-2.5-flash-preview-09-2025``
 price like their family. A model found nowhere costs 0: ``price_for`` returns
 None, ``cost_usd`` returns 0.0 and logs once that the cost is unknown.
 
-``configure(settings)`` installs the MODEL_PRICES_JSON / MODEL_INPUT_LIMITS_JSON
-overrides for the module-level functions; ``ModelCatalog`` is the same thing
-as an object.
+``ModelCatalog(settings)`` is the table with the MODEL_PRICES_JSON /
+MODEL_INPUT_LIMITS_JSON overrides applied; the server builds one at start and
+hands it to the engine (there is no process-wide catalog).
 """
 
 from __future__ import annotations
@@ -152,6 +152,8 @@ def estimate_tokens(text: str) -> int:
 
 
 class ModelCatalog:
+    """Prices and input limits: the defaults above plus the settings' overrides."""
+
     def __init__(self, settings: Settings | None = None) -> None:
         self._prices: dict[str, ModelPrice] = dict(DEFAULT_PRICES)
         self._limits: dict[str, int] = dict(DEFAULT_INPUT_LIMITS)
@@ -199,37 +201,11 @@ class ModelCatalog:
         return limit if limit is not None else self.default_input_limit
 
 
-_catalog = ModelCatalog()
-
-
-def configure(settings: Settings) -> ModelCatalog:
-    """Install the settings' overrides for the module-level functions."""
-    global _catalog
-    _catalog = ModelCatalog(settings)
-    return _catalog
-
-
-def price_for(model: str) -> ModelPrice | None:
-    return _catalog.price_for(model)
-
-
-def cost_usd(model: str, usage: TokenUsage) -> float:
-    return _catalog.cost_usd(model, usage)
-
-
-def input_limit(model: str) -> int:
-    return _catalog.input_limit(model)
-
-
 __all__ = [
     "DEFAULT_INPUT_LIMITS",
     "DEFAULT_PRICES",
     "ModelCatalog",
     "ModelPrice",
-    "configure",
-    "cost_usd",
     "estimate_tokens",
-    "input_limit",
-    "price_for",
     "valid_model_name",
 ]

@@ -21,9 +21,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
@@ -35,7 +33,7 @@ from google import genai
 from google.genai import errors as genai_errors
 from google.genai import types
 
-from rlm_service.config import Settings, vertex_configured
+from rlm_service.config import Settings
 from rlm_service.models._base import (
     AttemptHook,
     DeltaHook,
@@ -44,10 +42,8 @@ from rlm_service.models._base import (
     ModelError,
     ModelReply,
     RetryHook,
-    TokenUsage,
 )
 from rlm_service.models._retry import (
-    EMPTY_RETRY_LIMIT,
     AttemptError,
     RetryPolicy,
     malformed_error,
@@ -58,21 +54,20 @@ from rlm_service.models._retry import (
     transport_error,
     unexpected_error,
 )
+from rlm_service.models.gemini_wire import (
+    Chunk,
+    chunk_from_json,
+    chunk_from_sdk,
+    reply_from,
+    request_body,
+    retry_delay,
+)
 
 log = logging.getLogger(__name__)
 
-_SAFETY_REASONS = {
-    "SAFETY": "the model stopped for safety reasons (SAFETY) before answering",
-    "RECITATION": "the model stopped because its answer would recite protected material (RECITATION)",
-    "PROHIBITED_CONTENT": "the model stopped because the answer would contain prohibited content (PROHIBITED_CONTENT)",
-    "BLOCKLIST": "the model stopped because the answer contained blocklisted terms (BLOCKLIST)",
-    "SPII": "the model stopped because the answer would reveal sensitive personal information (SPII)",
-    "IMAGE_SAFETY": "the model stopped for image safety reasons (IMAGE_SAFETY) before answering",
-}
 _PATH_CACHE_SIZE = 256
 _GEMINI_API_URL = "https://generativelanguage.googleapis.com/"
 _VERTEX_URL = "https://aiplatform.googleapis.com/"
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d*)?)s\s*$")
 
 
 class GeminiBackend:
@@ -90,7 +85,7 @@ class GeminiBackend:
         self._pool_size = settings.max_concurrent_model_calls
         # Shared by every backend of the process (build_backends), so the cap is process-wide.
         self._semaphore = limiter or asyncio.Semaphore(settings.max_concurrent_model_calls)
-        self._vertex = vertex_configured()
+        self._vertex = settings.google_genai_use_vertexai
         self._typed_only = typed_only
         if not self._vertex and not self._api_key and not settings.gemini_base_url:
             raise ValueError("GEMINI_API_KEY is not set (or set GOOGLE_GENAI_USE_VERTEXAI "
@@ -132,10 +127,10 @@ class GeminiBackend:
         if self._vertex:
             # Project, location and credentials come from the SDK's own
             # environment handling (GOOGLE_CLOUD_PROJECT, ADC, ...).
-            self._client = genai.Client(http_options=http_options)
+            self._client = genai.Client(vertexai=True, http_options=http_options)
         else:
             # A keyless proxy or local stand-in still needs some key for the SDK to start.
-            self._client = genai.Client(api_key=self._api_key or "unused",
+            self._client = genai.Client(vertexai=False, api_key=self._api_key or "unused",
                                         http_options=http_options)
         api = getattr(self._client.aio, "_api_client", None)
         if not self._typed_only and callable(getattr(api, "async_request", None)):
@@ -174,7 +169,7 @@ class GeminiBackend:
             async def attempt() -> ModelReply:
                 response = await raw_api.async_request("post", path, body, None)
                 payload = json.loads(response.body) if response.body else {}
-                return _reply_from([_chunk_from_json(payload)], what)
+                return reply_from([chunk_from_json(payload)], what)
         else:
             contents: list[types.ContentUnion] = [
                 types.Content(role=m.role, parts=[types.Part(text=m.text)]) for m in messages
@@ -190,13 +185,13 @@ class GeminiBackend:
                 if on_delta is None:
                     response = await client.aio.models.generate_content(
                         model=model, contents=contents, config=config)
-                    return _reply_from([_chunk_from_sdk(response)], what)
-                chunks: list[_Chunk] = []
+                    return reply_from([chunk_from_sdk(response)], what)
+                chunks: list[Chunk] = []
                 stream = await client.aio.models.generate_content_stream(
                     model=model, contents=contents, config=config)
                 try:
                     async for piece in stream:
-                        chunk = _chunk_from_sdk(piece)
+                        chunk = chunk_from_sdk(piece)
                         chunks.append(chunk)
                         if chunk.text:
                             on_delta(chunk.text)
@@ -207,12 +202,18 @@ class GeminiBackend:
                     aclose = getattr(stream, "aclose", None)
                     if aclose is not None:
                         await aclose()
-                return _reply_from(chunks, what)
+                return reply_from(chunks, what)
 
         return await run_with_retries(
             attempt, policy=self._policy, classify=lambda e: self._classify(e, what),
             deadline=deadline, on_retry=on_retry, what=what,
             limiter=self._semaphore, on_attempt=on_attempt)
+
+    @property
+    def fast_path(self) -> bool:
+        """Plain calls send JSON through the SDK's API client (see the module doc)."""
+        self._sdk()
+        return self._raw_api is not None
 
     def _path_for(self, model: str) -> str:
         path = self._paths.get(model)
@@ -239,7 +240,7 @@ class GeminiBackend:
             default = "RESOURCE_EXHAUSTED" if exc.code == 429 else ""
             return status_error(exc.code, what, detail,
                                 label=f"{exc.code} {exc.status or default}".rstrip(),
-                                retry_after=_retry_delay(exc.details))
+                                retry_after=retry_delay(exc.details))
         if isinstance(exc, genai_errors.UnknownApiResponseError | json.JSONDecodeError
                       | pydantic.ValidationError):
             return malformed_error(what)
@@ -259,149 +260,6 @@ def _env_proxy(url: str) -> tuple[yarl.URL | None, aiohttp.BasicAuth | None]:
         return get_env_proxy_for_url(yarl.URL(url))
     except LookupError:
         return None, None
-
-
-# -- response handling -----------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class _Chunk:
-    """What the reply logic needs from one response (or one streamed chunk),
-    whichever path produced it."""
-
-    text: str = ""
-    has_candidate: bool = False
-    finish: str | None = None
-    block: str | None = None
-    usage: TokenUsage | None = None
-
-
-def _chunk_from_sdk(response: types.GenerateContentResponse) -> _Chunk:
-    block = None
-    if response.prompt_feedback is not None and response.prompt_feedback.block_reason is not None:
-        block = _enum_name(response.prompt_feedback.block_reason)
-    meta = response.usage_metadata
-    usage = None if meta is None else TokenUsage(
-        prompt_tokens=meta.prompt_token_count or 0,
-        output_tokens=meta.candidates_token_count or 0,
-        thinking_tokens=meta.thoughts_token_count or 0,
-        cached_tokens=meta.cached_content_token_count or 0,
-    )
-    if not response.candidates:
-        return _Chunk(block=block, usage=usage)
-    first = response.candidates[0]
-    parts = first.content.parts if first.content is not None else None
-    # Thought summaries are not the answer.
-    text = "".join(p.text for p in parts or () if p.text and not p.thought)
-    finish = _enum_name(first.finish_reason) if first.finish_reason is not None else None
-    return _Chunk(text=text, has_candidate=True, finish=finish, block=block, usage=usage)
-
-
-def _chunk_from_json(payload: Any) -> _Chunk:
-    """The same reading of the REST JSON, with every shape checked: a body the
-    typed SDK would reject is a malformed reply here too."""
-    try:
-        block = None
-        feedback = payload.get("promptFeedback")
-        if feedback is not None and feedback.get("blockReason") is not None:
-            block = str(feedback["blockReason"])
-        meta = payload.get("usageMetadata")
-        usage = None if meta is None else TokenUsage(
-            prompt_tokens=_count(meta, "promptTokenCount"),
-            output_tokens=_count(meta, "candidatesTokenCount"),
-            thinking_tokens=_count(meta, "thoughtsTokenCount"),
-            cached_tokens=_count(meta, "cachedContentTokenCount"),
-        )
-        candidates = payload.get("candidates")
-        if not candidates:
-            return _Chunk(block=block, usage=usage)
-        first = candidates[0]
-        parts = (first.get("content") or {}).get("parts") or ()
-        texts: list[str] = []
-        for part in parts:
-            text = part.get("text")
-            if text is not None and not isinstance(text, str):
-                raise TypeError("part text is not a string")
-            if text and not part.get("thought"):
-                texts.append(text)
-        finish = first.get("finishReason")
-        return _Chunk(text="".join(texts), has_candidate=True,
-                      finish=None if finish is None else str(finish), block=block, usage=usage)
-    except (AttributeError, TypeError, KeyError, IndexError, ValueError):
-        raise AttemptError("the model sent a response that could not be parsed",
-                           kind="malformed", code=grpc.StatusCode.UNAVAILABLE,
-                           retryable=True) from None
-
-
-def _count(meta: Any, key: str) -> int:
-    value = meta.get(key) or 0
-    if isinstance(value, bool) or not isinstance(value, int | str):
-        raise TypeError(f"{key} is not a count")
-    return int(value)  # int64 counts may arrive as JSON strings
-
-
-def request_body(messages: Sequence[Message], options: GenerateOptions) -> dict[str, Any]:
-    """The ``generateContent`` request JSON (REST field names)."""
-    body: dict[str, Any] = {
-        "contents": [{"role": m.role, "parts": [{"text": m.text}]} for m in messages],
-    }
-    if options.system_prompt is not None:
-        body["systemInstruction"] = {"role": "user", "parts": [{"text": options.system_prompt}]}
-    config: dict[str, Any] = {}
-    if options.temperature is not None:
-        config["temperature"] = options.temperature
-    if options.thinking_budget is not None:
-        config["thinkingConfig"] = {"thinkingBudget": options.thinking_budget}
-    if config:
-        body["generationConfig"] = config
-    return body
-
-
-def _reply_from(chunks: Sequence[_Chunk], what: str) -> ModelReply:
-    """Fold one response (or a stream's chunks) into a reply or an AttemptError."""
-    text = "".join(c.text for c in chunks)
-    usage = next((c.usage for c in reversed(chunks) if c.usage is not None), None) or TokenUsage()
-    finish = next((c.finish for c in reversed(chunks) if c.finish is not None), None)
-    block = next((c.block for c in reversed(chunks) if c.block is not None), None)
-    has_candidate = any(c.has_candidate for c in chunks)
-
-    if block is not None:
-        raise AttemptError(f"{what} refused the prompt: it was blocked ({block}) before any "
-                           "answer was generated", kind="blocked",
-                           code=grpc.StatusCode.FAILED_PRECONDITION, retryable=False, usage=usage)
-    if finish in _SAFETY_REASONS:
-        raise AttemptError(_SAFETY_REASONS[finish].replace("the model", what, 1), kind="safety",
-                           code=grpc.StatusCode.FAILED_PRECONDITION, retryable=False, usage=usage)
-    if finish == "MAX_TOKENS":
-        raise AttemptError(f"{what} hit its output token limit (MAX_TOKENS) before finishing "
-                           f"the answer ({len(text)} characters were produced)", kind="max_tokens",
-                           code=grpc.StatusCode.FAILED_PRECONDITION, retryable=False, usage=usage)
-    if not has_candidate or not text:
-        reason = "no candidates" if not has_candidate else f"no text (finish reason {finish})"
-        raise AttemptError(f"{what} returned an empty answer ({reason})", kind="empty",
-                           code=grpc.StatusCode.UNAVAILABLE, retryable=True, usage=usage,
-                           retry_limit=EMPTY_RETRY_LIMIT)
-    return ModelReply(text=text, usage=usage, finish_reason=finish or "STOP")
-
-
-def _enum_name(value: Any) -> str:
-    name = getattr(value, "value", value)
-    return str(name)
-
-
-def _retry_delay(details: Any) -> float | None:
-    """Seconds from a google.rpc.RetryInfo detail, as Gemini sends with a 429."""
-    error = details.get("error", details) if isinstance(details, dict) else None
-    items = error.get("details") if isinstance(error, dict) else None
-    if not isinstance(items, list):
-        return None
-    for item in items:
-        if (isinstance(item, dict) and str(item.get("@type", "")).endswith("google.rpc.RetryInfo")
-                and isinstance(item.get("retryDelay"), str)):
-            match = _DURATION.match(item["retryDelay"])
-            if match:
-                return float(match.group(1))
-    return None
 
 
 __all__ = ["GeminiBackend", "ModelError"]

@@ -13,6 +13,7 @@ import contextlib
 import logging
 import math
 import time
+from typing import Literal
 
 from rlm_service.repl.process import ReplProcess
 from rlm_service.repl.sandbox import Sandbox
@@ -61,9 +62,12 @@ class ReplPool:
         wanted = math.ceil(rate * self._start_seconds) + (1 if self._arrivals else 0)
         return min(self.max_size, max(self.size, wanted))
 
-    def pids(self) -> set[int]:
-        """Host pids of the pool's REPL processes (their bwrap or interpreter)."""
-        return {r.proc.pid for r in self._live}
+    def pids(self, which: Literal["idle", "busy", "all"] = "all") -> set[int]:
+        """Host pids of the pool's REPL processes (their bwrap or interpreter): waiting,
+        serving a run, or both."""
+        idle = {id(r) for r in self._idle}
+        return {r.proc.pid for r in self._live
+                if which == "all" or (id(r) in idle) == (which == "idle")}
 
     async def start(self) -> None:
         await asyncio.gather(*(self._add_idle() for _ in range(self.size)))

@@ -9,7 +9,8 @@ from typing import Any
 
 from rlm_service.budget import LimitExceeded, StopReason
 from rlm_service.config import Settings
-from rlm_service.models import ModelBackend, catalog
+from rlm_service.models import ModelBackend
+from rlm_service.models.catalog import ModelCatalog
 from rlm_service.run.context import RequestContext, Services
 from rlm_service.run.events import Emit
 from rlm_service.run.loop import Run
@@ -24,7 +25,8 @@ class Engine:
     """Backends, the REPL provider and the callback registry, shared by every request.
 
     ``repls`` is the sandboxed ReplPool in the service and an in-memory provider in
-    unit tests; ``pricing`` defaults to the model catalog."""
+    unit tests; ``pricing`` defaults to a catalog of the settings (the server passes the
+    one it built at start)."""
 
     def __init__(self, settings: Settings, backends: dict[str, ModelBackend],
                  repls: ReplProvider[Any], registry: SecretRegistry,
@@ -32,7 +34,8 @@ class Engine:
         self.settings = settings
         self.registry = registry
         self.services = Services(settings, backends, repls, registry,
-                                 pricing if pricing is not None else catalog, sandbox_layers)
+                                 pricing if pricing is not None else ModelCatalog(settings),
+                                 sandbox_layers)
         self.active: set[RequestContext] = set()
         self._idle = asyncio.Event()
         self._idle.set()

@@ -6,14 +6,15 @@ Wiring (server start-up, in this order)::
     add_secrets_from(settings)
     setup_tracing(settings.otel_service_name)
     metrics_server = start_metrics_server(settings.metrics_host, settings.metrics_port)
-    server = grpc.aio.server(interceptors=[MetricsInterceptor()], ...)
+    interceptor = TelemetryInterceptor([RpcMetrics(), RpcSpans()])
+    server = grpc.aio.server(interceptors=[interceptor, ...], ...)
 
 and at shutdown, after ``server.stop(grace)``: ``metrics_server.close()`` then
 ``shutdown_tracing()``.
 """
 
 from rlm_service.telemetry import metrics
-from rlm_service.telemetry.interceptor import MetricsInterceptor
+from rlm_service.telemetry.interceptor import RpcObserver, TelemetryInterceptor
 from rlm_service.telemetry.logs import (
     REDACTED,
     add_secret,
@@ -24,6 +25,8 @@ from rlm_service.telemetry.logs import (
     request_id_var,
 )
 from rlm_service.telemetry.metrics import MetricsServer, observe_model_call, start_metrics_server
+from rlm_service.telemetry.rpc_metrics import RpcMetrics
+from rlm_service.telemetry.rpc_spans import RpcSpans
 from rlm_service.telemetry.tracing import (
     extract_context,
     setup_tracing,
@@ -34,8 +37,11 @@ from rlm_service.telemetry.tracing import (
 
 __all__ = [
     "REDACTED",
-    "MetricsInterceptor",
     "MetricsServer",
+    "RpcMetrics",
+    "RpcObserver",
+    "RpcSpans",
+    "TelemetryInterceptor",
     "add_secret",
     "add_secrets_from",
     "clear_secrets",

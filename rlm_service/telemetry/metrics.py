@@ -81,7 +81,7 @@ _REPL_BUCKETS: Final = (
     0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
 )  # fmt: skip
 
-# --- gRPC server (recorded by MetricsInterceptor) ---------------------------
+# --- gRPC server (recorded by telemetry/rpc_metrics.py) ------------------------
 grpc_server_started = Counter(
     "grpc_server_started",
     "RPCs started on the server.",

@@ -74,13 +74,11 @@ def test_settings_override_prices_and_limits() -> None:
 def test_settings_overrides_read_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MODEL_PRICES_JSON", '{"x-model": {"input": 4, "output": 8}}')
     monkeypatch.setenv("MODEL_INPUT_LIMITS_JSON", '{"x-model": 1000}')
-    cat = catalog.configure(make_settings())
-    try:
-        assert catalog.cost_usd("x-model", TokenUsage(prompt_tokens=500_000)) == pytest.approx(2.0)
-        assert catalog.input_limit("x-model") == 1000
-        assert cat.input_limit("x-model") == 1000
-    finally:
-        catalog.configure(make_settings())
+    cat = ModelCatalog(make_settings())
+    assert cat.cost_usd("x-model", TokenUsage(prompt_tokens=500_000)) == pytest.approx(2.0)
+    assert cat.input_limit("x-model") == 1000
+    # Another catalog (another server in the same process) is not affected.
+    assert ModelCatalog().price_for("x-model") is None
 
 
 def test_bad_price_override_is_reported() -> None:

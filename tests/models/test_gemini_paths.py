@@ -57,7 +57,7 @@ async def test_both_paths_send_the_same_request(fake_gemini: FakeGemini,
         a = await fast.generate("gemini-2.5-flash", CONVERSATION, options)
         b = await typed.generate("gemini-2.5-flash", CONVERSATION, options)
         # Only the fast backend has the SDK's API client to send JSON through.
-        assert fast._raw_api is not None and typed._raw_api is None
+        assert fast.fast_path and not typed.fast_path
     finally:
         await fast.aclose()
         await typed.aclose()

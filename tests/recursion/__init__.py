@@ -1,18 +1,7 @@
-"""Recursion, fan-out, budget and cancellation tests; shared helpers below."""
+"""Recursion, fan-out, budget and cancellation tests."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from tests.support.servers import open_stub
 
-import grpc
-
-from rlm_service._gen.rlm.v1 import rlm_pb2_grpc
-from rlm_service.server import Server
-
-
-@asynccontextmanager
-async def open_stub(server: Server) -> AsyncIterator[rlm_pb2_grpc.RLMServiceStub]:
-    """A client for a server started with custom settings (``start_server(...)``)."""
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
-        yield rlm_pb2_grpc.RLMServiceStub(channel)
+__all__ = ["open_stub"]

@@ -324,8 +324,8 @@ async def test_filling_the_disk_stops_at_the_tmpfs_cap(srv, stub, fake) -> None:
 ], ids=["project", "etc-passwd", "usr", "usr-python", "guest-run-dir", "host-run-dir",
         "package", "site"])
 async def test_writes_outside_tmp_fail(srv, stub, fake, target: str) -> None:
-    assert srv._runtime_dir is not None
-    runs = srv._runtime_dir / "runs"
+    assert srv.runtime_dir is not None
+    runs = srv.runtime_dir / "runs"
     if target == "RUN_DIR":
         target = str(runs / "PWNED")
     watched = [Path("/etc/passwd"), Path("/usr/bin/python3"),
@@ -625,8 +625,7 @@ async def test_privilege_escalation_fails(srv, stub, fake) -> None:
 
 
 async def test_other_processes_cannot_be_traced_or_read(srv, stub, fake) -> None:
-    host_pids = [os.getpid(), *sorted(busy_repl_pids(srv) | {p for r in srv._pool._idle
-                                                            for p in [r.proc.pid]})]
+    host_pids = [os.getpid(), *sorted(busy_repl_pids(srv) | srv.repl_pids("idle"))]
     events = await attack(stub, fake, f"""
         import ctypes, os
         libc = ctypes.CDLL(None, use_errno=True)
@@ -697,10 +696,10 @@ async def test_other_runs_secret_cannot_be_discovered(srv, stub, fake) -> None:
     victim = asyncio.create_task(collect(stub, f"{victim_marker} go", "victim-ctx",
                                          max_iterations=200))
     deadline = time.monotonic() + 10
-    while not any(victim_marker in r.prompt for r in srv.engine.registry._runs.values()):
+    while not any(victim_marker in r.prompt for r in srv.engine.registry.runs()):
         assert time.monotonic() < deadline
         await asyncio.sleep(0.05)
-    victim_secret = next(r.secret for r in srv.engine.registry._runs.values()
+    victim_secret = next(r.secret for r in srv.engine.registry.runs()
                          if victim_marker in r.prompt)
     try:
         events = await attack(stub, fake, CALLBACK_PROBE + code(r"""

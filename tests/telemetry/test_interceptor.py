@@ -1,4 +1,5 @@
-"""MetricsInterceptor on a real grpc.aio server: exact metric deltas per outcome."""
+"""The telemetry interceptor on a real grpc.aio server: exact metric deltas and spans
+per outcome, for the two RPC shapes the service serves."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
 from typing import Any
 
 import grpc
@@ -17,7 +19,13 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import StatusCode as SpanStatusCode
 from prometheus_client import REGISTRY
 
-from rlm_service.telemetry import MetricsInterceptor, setup_tracing
+from rlm_service.telemetry import (
+    RpcMetrics,
+    RpcObserver,
+    RpcSpans,
+    TelemetryInterceptor,
+    setup_tracing,
+)
 
 SERVICE = "test.telemetry.Probe"
 
@@ -146,11 +154,12 @@ class Server:
         return self.channel.unary_stream(f"/{SERVICE}/{method}")
 
 
-@pytest.fixture
-async def server() -> AsyncIterator[Server]:
+@asynccontextmanager
+async def probe_server(*observers: RpcObserver) -> AsyncIterator[Server]:
     state = ProbeState()
     pool = ThreadPoolExecutor(max_workers=2)
-    aio_server = grpc.aio.server(interceptors=[MetricsInterceptor()], migration_thread_pool=pool)
+    aio_server = grpc.aio.server(interceptors=[TelemetryInterceptor(observers)],
+                                 migration_thread_pool=pool)
     aio_server.add_generic_rpc_handlers((_handlers(state),))
     health = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, aio_server)
@@ -163,6 +172,12 @@ async def server() -> AsyncIterator[Server]:
         await srv.channel.close()
         await aio_server.stop(None)
         pool.shutdown(wait=True)
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[Server]:
+    async with probe_server(RpcMetrics(), RpcSpans()) as srv:
+        yield srv
 
 
 class Snapshot:
@@ -318,69 +333,35 @@ async def test_server_stream_writer_api(server: Server) -> None:
     }
 
 
-async def test_client_stream_and_bidi(server: Server) -> None:
-    snap = Snapshot("ClientStream", "CLIENT_STREAM")
-    reply = await server.channel.stream_unary(f"/{SERVICE}/ClientStream")(iter([b"a", b"b", b"c"]))
-    assert reply == b"3"
-    assert await snap.settled() == {
-        "started": 1,
-        "received": 3,
-        "sent": 1,
-        "observed": 1,
-        "OK": 1,
-    }
-
-    snap = Snapshot("Bidi", "BIDI_STREAM")
+async def test_other_shapes_pass_through_unobserved(server: Server) -> None:
+    """Client streams, bidi streams and sync handlers are not served by the service;
+    the interceptor hands them on untouched and records nothing for them."""
+    snaps = [Snapshot("ClientStream", "CLIENT_STREAM"), Snapshot("Bidi", "BIDI_STREAM"),
+             Snapshot("SyncUnary", "UNARY"), Snapshot("SyncStream", "SERVER_STREAM")]
+    reply = await server.channel.stream_unary(f"/{SERVICE}/ClientStream")(iter([b"a", b"b"]))
+    assert reply == b"2"
     call = server.channel.stream_stream(f"/{SERVICE}/Bidi")(iter([b"x", b"y"]))
     assert [m async for m in call] == [b"x", b"x", b"y", b"y"]
-    assert await snap.settled() == {
-        "started": 1,
-        "received": 2,
-        "sent": 4,
-        "observed": 1,
-        "OK": 1,
-    }
-
-
-async def test_sync_handlers(server: Server) -> None:
-    snap = Snapshot("SyncUnary", "UNARY")
     assert await server.unary("SyncUnary")(b"s") == b"s"
-    assert await snap.settled() == {
-        "started": 1,
-        "received": 1,
-        "sent": 1,
-        "observed": 1,
-        "OK": 1,
-    }
-    snap = Snapshot("SyncSetCode", "UNARY")
-    with pytest.raises(grpc.aio.AioRpcError) as err:
-        await server.unary("SyncSetCode")(b"")
-    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
-    assert await snap.settled() == {
-        "started": 1,
-        "received": 1,
-        "observed": 1,
-        "FAILED_PRECONDITION": 1,
-    }
-    snap = Snapshot("SyncAbort", "UNARY")
-    with pytest.raises(grpc.aio.AioRpcError) as err:
-        await server.unary("SyncAbort")(b"")
-    assert err.value.code() == grpc.StatusCode.OUT_OF_RANGE
-    assert await snap.settled() == {
-        "started": 1,
-        "received": 1,
-        "observed": 1,
-        "OUT_OF_RANGE": 1,
-    }
-    snap = Snapshot("SyncStream", "SERVER_STREAM")
     assert [m async for m in server.stream("SyncStream")(b"")] == [b"a", b"b"]
-    assert await snap.settled() == {
-        "started": 1,
-        "received": 1,
-        "sent": 2,
-        "observed": 1,
-        "OK": 1,
-    }
+    for snap in snaps:
+        assert snap.delta() == {}, snap.labels
+
+
+async def test_metrics_and_spans_are_separable(clean_tracing: None) -> None:
+    exporter = InMemorySpanExporter()
+    setup_tracing(exporter=exporter)
+    async with probe_server(RpcSpans()) as spans_only:
+        snap = Snapshot("Unary", "UNARY")
+        await spans_only.unary("Unary")(b"x")
+        assert snap.delta() == {}
+        assert [s.name for s in exporter.get_finished_spans()] == [f"{SERVICE}/Unary"]
+    exporter.clear()
+    async with probe_server(RpcMetrics()) as metrics_only:
+        snap = Snapshot("Unary", "UNARY")
+        await metrics_only.unary("Unary")(b"x")
+        assert (await snap.settled())["OK"] == 1
+        assert exporter.get_finished_spans() == ()
 
 
 async def test_registered_health_service(server: Server) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import socket
+import threading
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -56,6 +57,10 @@ def scrape(server: MetricsServer) -> str:
         return body.decode()
 
 
+def metrics_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "prometheus-metrics"]
+
+
 def exposed_families(text: str) -> dict[str, str]:
     """Family name -> type, from the ``# TYPE`` lines (``# HELP`` must match).
 
@@ -76,10 +81,10 @@ def test_scrape_has_every_metric(metrics_server: MetricsServer) -> None:
 
 def test_close_frees_port_and_thread() -> None:
     server = start_metrics_server("[::1]" if socket.has_ipv6 else "127.0.0.1", 0)
-    port, thread = server.port, server._thread
+    port, threads = server.port, metrics_threads()
     server.close()
     server.close()  # idempotent
-    assert not thread.is_alive()
+    assert len(metrics_threads()) == len(threads) - 1
     assert not server.running
     with socket.socket(socket.AF_INET6 if server.host == "::1" else socket.AF_INET) as s:
         assert s.connect_ex((server.host, port)) != 0
