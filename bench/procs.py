@@ -25,6 +25,8 @@ from typing import Any, Self
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from tests.support.procs import process_tree
+
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = Path(sys.executable)
 RLM_SERVER = PYTHON.parent / "rlm-server"
@@ -166,25 +168,8 @@ class ServerProc(_Proc):
 # --- /proc -----------------------------------------------------------------------
 
 def children_of(pid: int) -> set[int]:
-    """Every descendant of ``pid``."""
-    parents: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue
-        parents.setdefault(ppid, []).append(int(entry))
-    out: set[int] = set()
-    todo = [pid]
-    while todo:
-        for child in parents.get(todo.pop(), []):
-            if child not in out:
-                out.add(child)
-                todo.append(child)
-    return out
+    """Every live descendant of ``pid``."""
+    return process_tree(pid) - {pid}
 
 
 def status_kb(pid: int, key: str) -> int:

@@ -45,6 +45,7 @@ from rlm_service.repl.host_files import (
     check_readable,
     folders_open,
     pick_python,
+    precompile_guest,
     site_dir,
 )
 from rlm_service.repl.seccomp import SeccompUnavailable, build_program, program_fd
@@ -96,6 +97,7 @@ class Sandbox:
         self.is_root = os.geteuid() == 0
         self.python = pick_python(settings.sandbox_python, self.is_root)
         self.site = site_dir()
+        precompile_guest()
         self.seccomp_program: bytes | None = None
         self.seccomp_error = ""
         if self.bwrap:
@@ -192,7 +194,8 @@ class Sandbox:
 
     def launch(self, run_dir: Path, ctrl_fd: int, uid: int) -> Launch:
         guest_args = [
-            "-s", "-B", "-m", "rlm_service.repl_guest",
+            # -S: no site module; everything the guest imports is on PYTHONPATH.
+            "-s", "-S", "-B", "-m", "rlm_service.repl_guest",
             "--ctrl-fd", str(ctrl_fd),
             "--limits", json.dumps(self.guest_limits()),
             "--max-output", str(self.settings.max_output_chars),

@@ -22,7 +22,8 @@ def server_values(fake: FakeServer) -> dict[str, Any]:
         "http_port": 0, "http_host": "127.0.0.1",
         "gemini_api_key": API_KEY, "gemini_base_url": fake.base_url,
         "gemini_model_name": ROOT_MODEL, "gemini_sub_model_name": SUB_MODEL,
-        "sandbox_pool_size": 1, "shutdown_grace_seconds": 1.0,
+        # A pool that may grow to 2 at most: tests start many servers on 2 cores.
+        "sandbox_pool_size": 1, "sandbox_pool_max": 2, "shutdown_grace_seconds": 1.0,
     }
 
 
