@@ -58,8 +58,10 @@ lint: $(STAMP)
 	$(BIN)/ruff check rlm_service clients/python tests bench scripts evals
 	$(BIN)/mypy
 
+# Three workers on two cores: much of the suite waits on subprocesses, sandboxes and
+# sockets. A test file stays on one worker (its module-scoped servers are shared).
 test: install page-deps node-deps lint
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n 3 --dist loadfile
 
 proto: $(STAMP)
 	$(BIN)/python scripts/gen_proto.py

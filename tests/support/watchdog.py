@@ -10,7 +10,7 @@ When the session finishes, a daemon thread is armed: if the process is still ali
 ``RLM_TEST_EXIT_GRACE`` seconds later (default 30), it prints the stacks of every
 thread and exits with the session's status (1 if the session passed: a hang is a
 bug). faulthandler backs it up in case the hang holds the GIL. Nested sessions
-(pytester) and ``RLM_TEST_EXIT_GRACE=0`` leave it off.
+(pytester), pytest-xdist workers and ``RLM_TEST_EXIT_GRACE=0`` leave it off.
 """
 
 from __future__ import annotations
@@ -51,6 +51,10 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     global _armed
     grace = _grace()
     if _armed or grace <= 0 or threading.current_thread() is not threading.main_thread():
+        return
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        # A worker whose share is done waits for the others; the controller's own
+        # watchdog covers a hang of the whole run.
         return
     _armed = True
     # Our own copy of stderr: pytest's capture and faulthandler plugins close theirs.
