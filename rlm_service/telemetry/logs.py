@@ -55,7 +55,7 @@ _secrets: set[str] = set()
 _secret_re: re.Pattern[str] | None = None
 
 # Libraries that log every request at INFO/DEBUG; quiet unless debugging.
-_NOISY_LOGGERS: Final = (
+NOISY_LOGGERS: Final = (
     "asyncio",
     "grpc",
     "httpx",
@@ -237,6 +237,6 @@ def configure_logging(level: str = "INFO", debug: bool = False) -> None:
     handler.setFormatter(CloudLoggingFormatter(project=project))
     root.addHandler(handler)
     root.setLevel(numeric)
-    for name in _NOISY_LOGGERS:
+    for name in NOISY_LOGGERS:
         logging.getLogger(name).setLevel(logging.NOTSET if debug else logging.WARNING)
     logging.captureWarnings(True)

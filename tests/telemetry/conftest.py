@@ -24,9 +24,9 @@ def restore_logging() -> Iterator[None]:
     root = logging.getLogger()
     handlers = list(root.handlers)
     level = root.level
-    from rlm_service.telemetry.logs import _NOISY_LOGGERS
+    from rlm_service.telemetry.logs import NOISY_LOGGERS
 
-    noisy = {name: logging.getLogger(name).level for name in _NOISY_LOGGERS}
+    noisy = {name: logging.getLogger(name).level for name in NOISY_LOGGERS}
     try:
         yield
     finally:
