@@ -9,6 +9,7 @@ import time
 
 from playwright.async_api import expect
 
+from rlm_service.auth import digest_of
 from tests.conftest import SUB_MODEL, StartServer, busy_repl_pids, repl
 from tests.fakes.gemini import FakeGemini, Fault
 from tests.http.conftest import ARTIFACTS, Browser, needs_chromium, page_url
@@ -170,3 +171,23 @@ async def test_stays_responsive_with_1000_sub_calls(start_server: StartServer,
     assert max(lags) < 1000 and max(keys) < 1000, (lags, keys)
     assert max(tasks, default=0) < 1000, tasks
     assert browser.errors == []
+
+
+async def test_api_key_field_reaches_a_service_that_asks_for_one(
+        start_server: StartServer, fake_gemini: FakeGemini, browser: Browser) -> None:
+    key = "page-test-key-7f3a"
+    server = await start_server(api_keys=f"page:{digest_of(key)}")
+    fake_gemini.script("MARK-KEYED", [repl("FINAL('keyed ' + str(len(context)))")])
+    page = browser.page
+    await page.goto(page_url(server))
+    await page.get_by_label("Prompt").fill("MARK-KEYED go")
+    await page.get_by_label("Context", exact=True).fill("abc")
+    await page.get_by_role("button", name="Run", exact=True).click()
+    answer = page.get_by_role("region", name="Answer")
+    await expect(answer).to_contain_text("Error 401")
+    await page.get_by_label("API key (when the service asks for one)").fill("wrong-key")
+    await page.get_by_role("button", name="Run", exact=True).click()
+    await expect(answer).to_contain_text("Error 403")
+    await page.get_by_label("API key (when the service asks for one)").fill(key)
+    await page.get_by_role("button", name="Run", exact=True).click()
+    await expect(answer).to_contain_text("keyed 3")

@@ -53,8 +53,11 @@ async function start(ev) {
   view.onState("connecting", "Connecting");
   clock = setInterval(() => view.meters(), 200);
   try {
+    const headers = { "Content-Type": "application/json" };
+    const key = $("api_key").value.trim();
+    if (key) headers.Authorization = `Bearer ${key}`;
     const response = await fetch("/v1/completions:stream", {
-      method: "POST", headers: { "Content-Type": "application/json" },
+      method: "POST", headers,
       body: JSON.stringify(requestBody()), signal: controller.signal });
     if (!response.ok) {
       $("answer-text").textContent = `Error ${response.status}: ${await errorText(response)}`;
