@@ -80,6 +80,12 @@ class Settings(BaseSettings):
     max_batch_prompts: int = Field(5000, ge=1)
     max_prompt_chars: int = Field(1_000_000, ge=1)
 
+    # --- uploaded contexts (UploadContext) --------------------------------
+    context_upload_max_bytes: int = Field(1 << 30, ge=1)
+    # All stored and arriving uploads together, on the runtime dir's disk.
+    context_upload_total_bytes: int = Field(4 << 30, ge=1)
+    context_upload_ttl_seconds: float = Field(900.0, gt=0)
+
     # --- sandbox ------------------------------------------------------------
     # Comma-separated sandbox layers the service may run without, or "all".
     sandbox_allow_missing: str = ""

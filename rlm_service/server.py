@@ -27,6 +27,7 @@ from rlm_service.servicer import RLMServicer
 from rlm_service.telemetry import metrics
 from rlm_service.telemetry.interceptor import MetricsInterceptor
 from rlm_service.telemetry.tracing import setup_tracing, shutdown_tracing
+from rlm_service.uploads import ContextStore
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = rlm_pb2.DESCRIPTOR.services_by_name["RLMService"].full_name
@@ -52,6 +53,8 @@ class Server:
         self.engine: Engine | None = None
         self.servicer: RLMServicer | None = None
         self.sandbox: Sandbox | None = None
+        self.contexts: ContextStore | None = None
+        self._sweeper: asyncio.Task[None] | None = None
         self._stopped = asyncio.Event()
         self._gauges: asyncio.Task[None] | None = None
 
@@ -78,7 +81,12 @@ class Server:
         self._pool = ReplPool(self.sandbox, s.sandbox_pool_size)
         await self._pool.start()
         self.engine = Engine(s, self._backends, self._pool, registry, self.sandbox.layers)
-        self.servicer = RLMServicer(self.engine, s)
+        self.contexts = ContextStore(
+            self._runtime_dir / "uploads", max_bytes=s.context_upload_max_bytes,
+            total_bytes=s.context_upload_total_bytes, ttl_seconds=s.context_upload_ttl_seconds)
+        self._sweeper = asyncio.create_task(
+            self.contexts.sweep_forever(min(60.0, s.context_upload_ttl_seconds / 4)))
+        self.servicer = RLMServicer(self.engine, s, self.contexts)
 
         options = [
             ("grpc.max_send_message_length", s.max_message_bytes),
@@ -144,6 +152,12 @@ class Server:
             self._gauges.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._gauges
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+        if self.contexts is not None:
+            self.contexts.close()
         if self._pool is not None:
             await self._pool.close()
         if self._callback is not None:

@@ -20,6 +20,8 @@ from rlm_service.models import GenerateOptions, catalog
 from rlm_service.run.engine import Engine, RunSpec
 from rlm_service.run.types import ErrorKind, RequestFailed
 from rlm_service.streaming import RequestStream
+from rlm_service.uploads import ContextStore
+from rlm_service.uploads import rpc as uploads_rpc
 
 log = logging.getLogger(__name__)
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -46,8 +48,9 @@ def _check_options(opts: rlm_pb2.ModelOptions, which: str) -> GenerateOptions:
 
 
 def build_spec(request: rlm_pb2.CompletionRequest, settings: Settings,
-               deadline_left: float | None) -> RunSpec:
-    """Turns a request into a RunSpec or raises InvalidRequest with an actionable message."""
+               deadline_left: float | None, contexts: ContextStore | None = None) -> RunSpec:
+    """Turns a request into a RunSpec or raises InvalidRequest with an actionable message
+    (ContextNotFound for an unknown ``context_ref``)."""
     prompt = request.prompt
     if not prompt.strip():
         raise InvalidRequest("prompt is required: set `prompt` to the question to answer")
@@ -57,6 +60,8 @@ def build_spec(request: rlm_pb2.CompletionRequest, settings: Settings,
             "Put long material in `context` instead."
         )
     context: Any = ""
+    if request.WhichOneof("context_source") == "context_ref" and contexts is None:
+        raise InvalidRequest("this server takes no uploaded contexts")
     if request.HasField("context"):
         kind = request.context.WhichOneof("kind")
         if kind == "string_value":
@@ -90,6 +95,10 @@ def build_spec(request: rlm_pb2.CompletionRequest, settings: Settings,
     for name, value in (("root_model", request.root_model), ("sub_model", request.sub_model)):
         if value and not catalog.valid_model_name(value):
             raise InvalidRequest(f"{name} {value[:40]!r} is not a valid model name")
+    if request.WhichOneof("context_source") == "context_ref":
+        assert contexts is not None
+        # Last: it opens the file, which the request's stream closes when it ends.
+        context = contexts.open(request.context_ref)
     timeout = request.timeout_seconds or s.default_timeout_seconds
     if deadline_left is not None:
         timeout = min(timeout, max(deadline_left, 0.001))
@@ -115,9 +124,11 @@ def build_spec(request: rlm_pb2.CompletionRequest, settings: Settings,
 
 
 class RLMServicer(rlm_pb2_grpc.RLMServiceServicer):
-    def __init__(self, engine: Engine, settings: Settings) -> None:
+    def __init__(self, engine: Engine, settings: Settings,
+                 contexts: ContextStore | None = None) -> None:
         self.engine = engine
         self.settings = settings
+        self.contexts = contexts
         self.accepting = True
         self._slots = asyncio.Semaphore(settings.max_concurrent_runs)
 
@@ -125,8 +136,8 @@ class RLMServicer(rlm_pb2_grpc.RLMServiceServicer):
         if not self.accepting:
             await context.abort(STATUS[ErrorKind.SHUTTING_DOWN].grpc, SHUTTING_DOWN)
         try:
-            return build_spec(request, self.settings, context.time_remaining())
-        except InvalidRequest as exc:
+            return build_spec(request, self.settings, context.time_remaining(), self.contexts)
+        except RequestFailed as exc:
             await context.abort(status_of(exc).grpc, exc.message)
             raise AssertionError("unreachable") from exc
 
@@ -156,6 +167,20 @@ class RLMServicer(rlm_pb2_grpc.RLMServiceServicer):
         spec = await self._spec(request, context)
         async for event in self._events(spec, context):
             yield event
+
+    async def UploadContext(self, request_iterator: AsyncIterator[rlm_pb2.ContextChunk],
+                            context: Context) -> rlm_pb2.ContextRef:
+        if not self.accepting:
+            await context.abort(STATUS[ErrorKind.SHUTTING_DOWN].grpc, SHUTTING_DOWN)
+        if self.contexts is None:
+            await context.abort(grpc.StatusCode.UNIMPLEMENTED,
+                                "this server takes no uploaded contexts")
+            raise AssertionError("unreachable")
+        try:
+            return await uploads_rpc.receive(self.contexts, request_iterator)
+        except RequestFailed as exc:
+            await context.abort(status_of(exc).grpc, exc.message)
+            raise AssertionError("unreachable") from exc
 
     async def Complete(self, request: rlm_pb2.CompletionRequest,
                        context: Context) -> rlm_pb2.CompletionResponse:

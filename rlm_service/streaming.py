@@ -18,6 +18,7 @@ from rlm_service.run.engine import Engine
 from rlm_service.run.types import ErrorKind, RequestFailed, RequestSpec
 from rlm_service.telemetry.logs import request_id_var
 from rlm_service.telemetry.tracing import error_status, tracer
+from rlm_service.uploads.file import ContextFile
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +64,8 @@ class RequestStream:
             self.failure = RequestFailed(ErrorKind.INTERNAL,
                                          "internal error; the run was stopped")
         finally:
+            if isinstance(self.spec.context, ContextFile):
+                self.spec.context.close()
             if self.failure is not None:
                 sink.error(self.failure)
             sink.close()

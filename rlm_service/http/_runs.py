@@ -21,7 +21,7 @@ def spec_for(servicer: RLMServicer, request: rlm_pb2.CompletionRequest) -> RunSp
     """Raises servicer.InvalidRequest for bad input, ShuttingDown while draining."""
     if not servicer.accepting:
         raise ShuttingDown()
-    return build_spec(request, servicer.settings, None)
+    return build_spec(request, servicer.settings, None, servicer.contexts)
 
 
 def run_events(servicer: RLMServicer, spec: RunSpec) -> RequestStream:

@@ -10,9 +10,10 @@ from google.protobuf import json_format
 
 from rlm_service._gen.rlm.v1 import rlm_pb2
 from rlm_service.http import sse
-from rlm_service.http._runs import ShuttingDown, run_events, spec_for
+from rlm_service.http._runs import run_events, spec_for
 from rlm_service.http.errors import error_response, status_for
-from rlm_service.servicer import InvalidRequest, RLMServicer
+from rlm_service.run.types import RequestFailed
+from rlm_service.servicer import RLMServicer
 
 SERVICER: web.AppKey[RLMServicer] = web.AppKey("servicer", RLMServicer)
 
@@ -63,8 +64,8 @@ async def _spec(request: web.Request) -> Any:
         return spec_for(servicer, await _read_request(request))
     except BadBody as exc:
         return error_response(400, str(exc))
-    except (InvalidRequest, ShuttingDown) as exc:
-        return error_response(status_for(exc), str(exc))
+    except RequestFailed as exc:  # bad input, an unknown context_ref, shutting down
+        return error_response(status_for(exc), exc.message)
 
 
 def _go_response(final: rlm_pb2.FinalAnswer, spec: Any) -> dict[str, Any]:

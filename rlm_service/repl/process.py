@@ -19,6 +19,7 @@ from typing import Any
 
 from rlm_service.repl.sandbox import Sandbox
 from rlm_service.repl_guest import protocol
+from rlm_service.uploads.file import ContextFile
 
 log = logging.getLogger(__name__)
 
@@ -202,9 +203,13 @@ class ReplProcess:
     # --- operations ---------------------------------------------------------------
     async def load_context(self, context: Any, secret: str) -> None:
         """Writes the context to a file the guest reads: no giant frame on a pipe."""
-        kind = "str" if isinstance(context, str) else "json"
+        kind = "str" if isinstance(context, str | ContextFile) else "json"
         path = self.run_dir / ("context.txt" if kind == "str" else "context.json")
-        await asyncio.to_thread(_write_context, path, context, kind)
+        if isinstance(context, ContextFile):
+            # An uploaded context: linked (or copied by the kernel), never read here.
+            await asyncio.to_thread(context.place, path)
+        else:
+            await asyncio.to_thread(_write_context, path, context, kind)
         guest_dir, guest_socket = self.sandbox.guest_paths(self.run_dir)
         try:
             reply = await self._request({

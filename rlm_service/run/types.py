@@ -73,6 +73,9 @@ class ErrorKind(enum.Enum):
     MODEL_NOT_FOUND = "model_not_found"
     MODEL_REFUSED = "model_refused"
     MODEL_INTERNAL = "model_internal"
+    CONTEXT_NOT_FOUND = "context_not_found"
+    CONTEXT_TOO_LARGE = "context_too_large"
+    OVERLOADED = "overloaded"
 
 
 class RequestFailed(Exception):
