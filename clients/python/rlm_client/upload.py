@@ -25,6 +25,7 @@ def chunks(source: TextSource, chunk_bytes: int = CHUNK_BYTES) -> Iterator[rlm_p
     for data in _pieces(source, chunk_bytes):
         yield rlm_pb2.ContextChunk(data=data, offset=offset)
         offset += len(data)
+    yield rlm_pb2.ContextChunk(offset=offset, last=True)
 
 
 def _pieces(source: TextSource, size: int) -> Iterator[bytes]:

@@ -79,6 +79,7 @@ class ContextChunk(_message.Message):
 
     DATA_FIELD_NUMBER: _builtins.int
     OFFSET_FIELD_NUMBER: _builtins.int
+    LAST_FIELD_NUMBER: _builtins.int
     data: _builtins.bytes
     """The next bytes of the text. A chunk may end inside a character; the next
     one continues it.
@@ -88,15 +89,21 @@ class ContextChunk(_message.Message):
     sizes). A chunk that does not start where the last one ended fails the
     upload with INVALID_ARGUMENT, so a lost or reordered chunk never goes unseen.
     """
+    last: _builtins.bool
+    """Set on the final chunk (which may carry no data). A stream that ends without
+    it, e.g. a cancelled client, stores nothing: only a complete context ever gets
+    a ref.
+    """
     def __init__(
         self,
         *,
         data: _builtins.bytes = ...,
         offset: _builtins.int = ...,
+        last: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "offset", b"offset"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "last", b"last", "offset", b"offset"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
