@@ -178,10 +178,16 @@ class Upload:
                 from None
 
     def _absorb(self, fd: int, data: bytes) -> None:
-        text = self._decoder.decode(data)
-        self.chars += len(text)
-        if len(self._preview) < PREVIEW_CHARS:
-            self._preview += text[:PREVIEW_CHARS - len(self._preview)]
+        if data.isascii() and not self._decoder.getstate()[0]:
+            # Most text: valid as it is, one character a byte, no str made.
+            self.chars += len(data)
+            if len(self._preview) < PREVIEW_CHARS:
+                self._preview += data[:PREVIEW_CHARS - len(self._preview)].decode("ascii")
+        else:
+            text = self._decoder.decode(data)
+            self.chars += len(text)
+            if len(self._preview) < PREVIEW_CHARS:
+                self._preview += text[:PREVIEW_CHARS - len(self._preview)]
         view = memoryview(data)
         while view:
             view = view[os.write(fd, view):]
