@@ -29,6 +29,8 @@ class Settings(BaseSettings):
     shutdown_grace_seconds: float = Field(8.0, ge=0)
     heartbeat_seconds: float = Field(15.0, gt=0)
     max_concurrent_runs: int = Field(32, ge=1)
+    # Requests waiting for a run slot at most; more are refused with RESOURCE_EXHAUSTED.
+    max_queued_runs: int = Field(64, ge=0)
     # Telemetry. Tracing itself is configured by the standard OTEL_* variables
     # (see rlm_service/telemetry/tracing.py); only the service name is here.
     metrics_host: str = "0.0.0.0"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import math
 import uuid
@@ -19,6 +18,7 @@ from rlm_service.errors import STATUS, status_of
 from rlm_service.models import GenerateOptions, catalog
 from rlm_service.run.engine import Engine, RunSpec
 from rlm_service.run.types import ErrorKind, RequestFailed
+from rlm_service.slots import Overloaded, RunSlots
 from rlm_service.streaming import RequestStream
 from rlm_service.uploads import ContextStore
 from rlm_service.uploads import rpc as uploads_rpc
@@ -123,6 +123,14 @@ def build_spec(request: rlm_pb2.CompletionRequest, settings: Settings,
     )
 
 
+async def _abort(context: Context, exc: RequestFailed) -> None:
+    """Ends the RPC with the failure's status; an Overloaded one carries the retry hint
+    as trailing metadata ``retry-after`` (seconds), as HTTP's Retry-After does."""
+    if isinstance(exc, Overloaded):
+        context.set_trailing_metadata((("retry-after", exc.retry_after_header),))
+    await context.abort(status_of(exc).grpc, exc.message)
+
+
 class RLMServicer(rlm_pb2_grpc.RLMServiceServicer):
     def __init__(self, engine: Engine, settings: Settings,
                  contexts: ContextStore | None = None) -> None:
@@ -130,19 +138,22 @@ class RLMServicer(rlm_pb2_grpc.RLMServiceServicer):
         self.settings = settings
         self.contexts = contexts
         self.accepting = True
-        self._slots = asyncio.Semaphore(settings.max_concurrent_runs)
+        self._slots = RunSlots(settings.max_concurrent_runs, settings.max_queued_runs)
 
     async def _spec(self, request: rlm_pb2.CompletionRequest, context: Context) -> RunSpec:
         if not self.accepting:
             await context.abort(STATUS[ErrorKind.SHUTTING_DOWN].grpc, SHUTTING_DOWN)
         try:
-            return build_spec(request, self.settings, context.time_remaining(), self.contexts)
+            spec = build_spec(request, self.settings, context.time_remaining(), self.contexts)
+            # Refused before any event, so a client sees only the status and its hint.
+            self._slots.check(spec.received + spec.limits.timeout_seconds)
+            return spec
         except RequestFailed as exc:
-            await context.abort(status_of(exc).grpc, exc.message)
+            await _abort(context, exc)
             raise AssertionError("unreachable") from exc
 
     @property
-    def slots(self) -> asyncio.Semaphore:
+    def slots(self) -> RunSlots:
         """The request-slot queue, shared with the HTTP face."""
         return self._slots
 
@@ -160,7 +171,7 @@ class RLMServicer(rlm_pb2_grpc.RLMServiceServicer):
         if stream.failure is not None:
             # Outside the request's span: abort() raises AbortError, which the span would
             # otherwise record, overwriting the request's error with "Locally aborted.".
-            await context.abort(status_of(stream.failure).grpc, stream.failure.message)
+            await _abort(context, stream.failure)
 
     async def StreamCompletion(self, request: rlm_pb2.CompletionRequest,
                                context: Context) -> AsyncIterator[rlm_pb2.CompletionEvent]:
