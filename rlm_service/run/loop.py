@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import dataclasses
 import logging
@@ -42,6 +43,9 @@ class Run:
     repl: Repl | None = None
     secret: str = ""
     result: RunResult | None = None
+    # The REPL starting (and loading the context) while the first root call is in
+    # flight: that call does not need it.
+    _starting: asyncio.Task[None] | None = None
     _inflight: set[asyncio.Task[Any]] = field(default_factory=set)
     _context: contextvars.Context = field(default_factory=contextvars.copy_context)
 
@@ -72,6 +76,11 @@ class Run:
 
     # --- the REPL -------------------------------------------------------------------
     async def _cleanup(self) -> None:
+        if self._starting is not None:
+            self._starting.cancel()
+            with contextlib.suppress(BaseException):
+                await self._starting
+            self._starting = None
         for task in list(self._inflight):
             task.cancel()
         if self.secret:
@@ -99,6 +108,12 @@ class Run:
             raise RequestFailed(ErrorKind.SANDBOX_UNAVAILABLE,
                                 "the sandboxed REPL could not be started; retry") from exc
 
+    async def _repl_ready(self) -> None:
+        """Waits for the REPL started with the run; raises its start's failure."""
+        if self._starting is not None:
+            starting, self._starting = self._starting, None
+            await starting
+
     def _on_partial(self, text: str) -> None:
         if text:
             self.req.partial_answer = text
@@ -113,7 +128,7 @@ class Run:
             sandbox_layers=self.req.services.sandbox_layers, depth=self.depth,
             call_id=self.call_id,
         ))
-        await self._start_repl()
+        self._starting = asyncio.create_task(self._start_repl())
         messages = [Message("user", prompts.first_message(self.prompt, description))]
         options = spec.root_options if self.depth == 0 else spec.sub_options
         options = dataclasses.replace(options, system_prompt=prompts.SYSTEM_PROMPT)
@@ -180,6 +195,7 @@ class Run:
             return None
         if not tag.is_variable:
             return tag.value
+        await self._repl_ready()
         assert self.repl is not None
         ok, value = await self.repl.get_var(tag.value)
         return value if ok else None
@@ -189,6 +205,7 @@ class Run:
         fed: list[str] = []
         note = ""
         variables: list[str] = []
+        await self._repl_ready()
         for index, code in enumerate(blocks, start=1):
             assert self.repl is not None
             with tracer().start_as_current_span("rlm.repl_block", attributes={
