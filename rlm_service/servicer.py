@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import grpc
@@ -157,9 +157,10 @@ class RLMServicer(rlm_pb2_grpc.RLMServiceServicer):
         """The request-slot queue, shared with the HTTP face."""
         return self._slots
 
-    def stream(self, spec: RunSpec) -> RequestStream:
-        """A request's stream, for either face."""
-        return RequestStream(self.engine, self.settings, self._slots, spec)
+    def stream(self, spec: RunSpec,
+               observe: Callable[[rlm_pb2.CompletionEvent], None] | None = None) -> RequestStream:
+        """A request's stream, for either face; ``observe`` sees each event."""
+        return RequestStream(self.engine, self.settings, self._slots, spec, observe)
 
     async def _events(self, spec: RunSpec,
                       context: Context) -> AsyncIterator[rlm_pb2.CompletionEvent]:

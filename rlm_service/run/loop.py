@@ -194,6 +194,13 @@ class Run:
         if tag is None:
             return None
         if not tag.is_variable:
+            # No REPL needed, so none is waited for (a budget stop may land any moment
+            # now and the answer is in); but a sandbox that already failed to start
+            # fails the run, as it did before the start overlapped the first call.
+            starting = self._starting
+            if starting is not None and starting.done() and not starting.cancelled() \
+                    and starting.exception() is not None:
+                await self._repl_ready()
             return tag.value
         await self._repl_ready()
         assert self.repl is not None
