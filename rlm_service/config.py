@@ -30,6 +30,8 @@ class Settings(BaseSettings):
     shutdown_grace_seconds: float = Field(8.0, ge=0)
     heartbeat_seconds: float = Field(15.0, gt=0)
     max_concurrent_runs: int = Field(32, ge=1)
+    # Requests waiting for a run slot at most; more are refused with RESOURCE_EXHAUSTED.
+    max_queued_runs: int = Field(64, ge=0)
     # Telemetry. Tracing itself is configured by the standard OTEL_* variables
     # (see rlm_service/telemetry/tracing.py); only the service name is here.
     metrics_host: str = "0.0.0.0"
@@ -56,6 +58,9 @@ class Settings(BaseSettings):
     model_retry_base_seconds: float = Field(0.5, ge=0)
     model_retry_max_seconds: float = Field(30.0, ge=0)
     max_concurrent_model_calls: int = Field(64, ge=1)
+    # Of those, slots only requests holding fewer than this many may take, so a
+    # small run's calls start at once next to a wide batch (models/limiter.py).
+    model_call_reserve: int = Field(4, ge=0)
     # Catalog overrides (see rlm_service/models/catalog.py), JSON in the environment:
     # MODEL_PRICES_JSON='{"my-model": {"input": 0.1, "output": 0.4, "cached": 0.025}}'
     # (USD per 1M tokens; optional "long_threshold", "long_input", "long_output",
@@ -78,7 +83,9 @@ class Settings(BaseSettings):
     default_timeout_seconds: float = Field(900.0, gt=0)
     max_timeout_seconds: float = Field(3600.0, gt=0)
     max_output_chars: int = Field(20_000, ge=100)
-    batch_concurrency: int = Field(16, ge=1)
+    # Per request; the process-wide limiter shares max_concurrent_model_calls fairly,
+    # so one request may use it all when alone.
+    batch_concurrency: int = Field(64, ge=1)
     child_run_concurrency: int = Field(4, ge=1)
     max_batch_prompts: int = Field(5000, ge=1)
     max_prompt_chars: int = Field(1_000_000, ge=1)
@@ -109,6 +116,12 @@ class Settings(BaseSettings):
     google_id_token_emails: str = ""
     google_id_token_certs_url: str = "https://www.googleapis.com/oauth2/v1/certs"
     grpc_reflection: bool = True
+
+    # --- uploaded contexts (UploadContext) --------------------------------
+    context_upload_max_bytes: int = Field(1 << 30, ge=1)
+    # All stored and arriving uploads together, on the runtime dir's disk.
+    context_upload_total_bytes: int = Field(4 << 30, ge=1)
+    context_upload_ttl_seconds: float = Field(900.0, gt=0)
 
     # --- sandbox ------------------------------------------------------------
     # Comma-separated sandbox layers the service may run without, or "all".

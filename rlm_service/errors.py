@@ -34,6 +34,9 @@ STATUS: Final[dict[ErrorKind, Status]] = {
     ErrorKind.MODEL_REFUSED: Status(grpc.StatusCode.FAILED_PRECONDITION, 400),
     ErrorKind.MODEL_INTERNAL: Status(grpc.StatusCode.INTERNAL, 500),
     ErrorKind.REPLAY_MISS: Status(grpc.StatusCode.FAILED_PRECONDITION, 400),
+    ErrorKind.CONTEXT_NOT_FOUND: Status(grpc.StatusCode.NOT_FOUND, 404),
+    ErrorKind.CONTEXT_TOO_LARGE: Status(grpc.StatusCode.RESOURCE_EXHAUSTED, 413),
+    ErrorKind.OVERLOADED: Status(grpc.StatusCode.RESOURCE_EXHAUSTED, 429),
 }
 
 _INTERNAL: Final = STATUS[ErrorKind.INTERNAL]

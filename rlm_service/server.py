@@ -40,6 +40,7 @@ from rlm_service.telemetry.interceptor import TelemetryInterceptor
 from rlm_service.telemetry.rpc_metrics import RpcMetrics
 from rlm_service.telemetry.rpc_spans import RpcSpans
 from rlm_service.telemetry.tracing import setup_tracing, shutdown_tracing
+from rlm_service.uploads import ContextStore
 
 if TYPE_CHECKING:
     Interceptor = grpc.aio.ServerInterceptor[Any, Any]
@@ -72,6 +73,7 @@ class Server:
         self.servicer: RLMServicer | None = None
         self.sandbox: Sandbox | None = None
         self.keys: KeyRing | None = None
+        self.contexts: ContextStore | None = None
         self._interceptors = tuple(interceptors)
         self._pool: ReplPool | None = None
         self._runtime_dir: Path | None = None
@@ -142,7 +144,14 @@ class Server:
         upkeep = asyncio.create_task(_upkeep(pool, sandbox))
         stack.push_async_callback(_cancelled, upkeep)
         self.engine = Engine(s, backends, pool, registry, sandbox.layers, pricing=catalog)
-        self.servicer = RLMServicer(self.engine, s)
+        contexts = self.contexts = ContextStore(
+            runtime_dir / "uploads", max_bytes=s.context_upload_max_bytes,
+            total_bytes=s.context_upload_total_bytes, ttl_seconds=s.context_upload_ttl_seconds)
+        stack.callback(contexts.close)
+        sweeper = asyncio.create_task(
+            contexts.sweep_forever(min(60.0, s.context_upload_ttl_seconds / 4)))
+        stack.push_async_callback(_cancelled, sweeper)
+        self.servicer = RLMServicer(self.engine, s, contexts)
 
         grpc_server = self._grpc_server(self.servicer)
         # Pushed before it starts: a grpc.aio server left unstopped hangs the process

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import math
@@ -21,7 +20,10 @@ from rlm_service.errors import STATUS, status_of
 from rlm_service.models import GenerateOptions, catalog
 from rlm_service.run.engine import Engine, RunSpec
 from rlm_service.run.types import ErrorKind, RequestFailed
+from rlm_service.slots import Overloaded, RunSlots
 from rlm_service.streaming import RequestStream
+from rlm_service.uploads import ContextStore
+from rlm_service.uploads import rpc as uploads_rpc
 
 log = logging.getLogger(__name__)
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -48,8 +50,9 @@ def _check_options(opts: rlm_pb2.ModelOptions, which: str) -> GenerateOptions:
 
 
 def build_spec(request: rlm_pb2.CompletionRequest, settings: Settings,
-               deadline_left: float | None) -> RunSpec:
-    """Turns a request into a RunSpec or raises InvalidRequest with an actionable message."""
+               deadline_left: float | None, contexts: ContextStore | None = None) -> RunSpec:
+    """Turns a request into a RunSpec or raises InvalidRequest with an actionable message
+    (ContextNotFound for an unknown ``context_ref``)."""
     try:  # edge: value checks protobuf does not make, and the spend ceilings
         validation.check_request(request, settings)
         spend = validation.spend_limits(request, settings)
@@ -64,6 +67,8 @@ def build_spec(request: rlm_pb2.CompletionRequest, settings: Settings,
             "Put long material in `context` instead."
         )
     context: Any = ""
+    if request.WhichOneof("context_source") == "context_ref" and contexts is None:
+        raise InvalidRequest("this server takes no uploaded contexts")
     if request.HasField("context"):
         kind = request.context.WhichOneof("kind")
         if kind == "string_value":
@@ -91,6 +96,10 @@ def build_spec(request: rlm_pb2.CompletionRequest, settings: Settings,
     for name, value in (("root_model", request.root_model), ("sub_model", request.sub_model)):
         if value and not catalog.valid_model_name(value):
             raise InvalidRequest(f"{name} {value[:40]!r} is not a valid model name")
+    if request.WhichOneof("context_source") == "context_ref":
+        assert contexts is not None
+        # Last: it opens the file, which the request's stream closes when it ends.
+        context = contexts.open(request.context_ref)
     timeout = request.timeout_seconds or s.default_timeout_seconds
     if deadline_left is not None:
         timeout = min(timeout, max(deadline_left, 0.001))
@@ -115,24 +124,37 @@ def build_spec(request: rlm_pb2.CompletionRequest, settings: Settings,
     )
 
 
+async def _abort(context: Context, exc: RequestFailed) -> None:
+    """Ends the RPC with the failure's status; an Overloaded one carries the retry hint
+    as trailing metadata ``retry-after`` (seconds), as HTTP's Retry-After does."""
+    if isinstance(exc, Overloaded):
+        context.set_trailing_metadata((("retry-after", exc.retry_after_header),))
+    await context.abort(status_of(exc).grpc, exc.message)
+
+
 class RLMServicer(rlm_pb2_grpc.RLMServiceServicer):
-    def __init__(self, engine: Engine, settings: Settings) -> None:
+    def __init__(self, engine: Engine, settings: Settings,
+                 contexts: ContextStore | None = None) -> None:
         self.engine = engine
         self.settings = settings
+        self.contexts = contexts
         self.accepting = True
-        self._slots = asyncio.Semaphore(settings.max_concurrent_runs)
+        self._slots = RunSlots(settings.max_concurrent_runs, settings.max_queued_runs)
 
     async def _spec(self, request: rlm_pb2.CompletionRequest, context: Context) -> RunSpec:
         if not self.accepting:
             await context.abort(STATUS[ErrorKind.SHUTTING_DOWN].grpc, SHUTTING_DOWN)
         try:
-            return build_spec(request, self.settings, context.time_remaining())
-        except InvalidRequest as exc:
-            await context.abort(status_of(exc).grpc, exc.message)
+            spec = build_spec(request, self.settings, context.time_remaining(), self.contexts)
+            # Refused before any event, so a client sees only the status and its hint.
+            self._slots.check(spec.received + spec.limits.timeout_seconds)
+            return spec
+        except RequestFailed as exc:
+            await _abort(context, exc)
             raise AssertionError("unreachable") from exc
 
     @property
-    def slots(self) -> asyncio.Semaphore:
+    def slots(self) -> RunSlots:
         """The request-slot queue, shared with the HTTP face."""
         return self._slots
 
@@ -151,7 +173,7 @@ class RLMServicer(rlm_pb2_grpc.RLMServiceServicer):
         if stream.failure is not None:
             # Outside the request's span: abort() raises AbortError, which the span would
             # otherwise record, overwriting the request's error with "Locally aborted.".
-            await context.abort(status_of(stream.failure).grpc, stream.failure.message)
+            await _abort(context, stream.failure)
 
     async def StreamCompletion(self, request: rlm_pb2.CompletionRequest,
                                context: Context) -> AsyncIterator[rlm_pb2.CompletionEvent]:
@@ -163,6 +185,20 @@ class RLMServicer(rlm_pb2_grpc.RLMServiceServicer):
         async with contextlib.aclosing(self._events(spec, context)) as events:
             async for event in events:
                 yield event
+
+    async def UploadContext(self, request_iterator: AsyncIterator[rlm_pb2.ContextChunk],
+                            context: Context) -> rlm_pb2.ContextRef:
+        if not self.accepting:
+            await context.abort(STATUS[ErrorKind.SHUTTING_DOWN].grpc, SHUTTING_DOWN)
+        if self.contexts is None:
+            await context.abort(grpc.StatusCode.UNIMPLEMENTED,
+                                "this server takes no uploaded contexts")
+            raise AssertionError("unreachable")
+        try:
+            return await uploads_rpc.receive(self.contexts, request_iterator)
+        except RequestFailed as exc:
+            await context.abort(status_of(exc).grpc, exc.message)
+            raise AssertionError("unreachable") from exc
 
     async def Complete(self, request: rlm_pb2.CompletionRequest,
                        context: Context) -> rlm_pb2.CompletionResponse:

@@ -16,8 +16,10 @@ from rlm_service.config import Settings
 from rlm_service.event_sink import EventSink
 from rlm_service.run.engine import Engine
 from rlm_service.run.types import ErrorKind, RequestFailed, RequestSpec
+from rlm_service.slots import RunSlots
 from rlm_service.telemetry.logs import request_id_var
 from rlm_service.telemetry.tracing import error_status, tracer
+from rlm_service.uploads.file import ContextFile
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +28,7 @@ class RequestStream:
     """One request's events; after the stream ends, ``failure`` says why it failed
     (None when it ended with a final answer)."""
 
-    def __init__(self, engine: Engine, settings: Settings, slots: asyncio.Semaphore,
+    def __init__(self, engine: Engine, settings: Settings, slots: RunSlots,
                  spec: RequestSpec,
                  observe: Callable[[rlm_pb2.CompletionEvent], None] | None = None) -> None:
         self.engine = engine
@@ -51,7 +53,8 @@ class RequestStream:
     async def _complete(self, sink: EventSink) -> None:
         try:
             # Waiting for a slot happens here, so the stream heartbeats meanwhile.
-            async with self.slots:
+            deadline = self.spec.received + self.spec.limits.timeout_seconds
+            async with self.slots.hold(deadline):
                 sink.final(await self.engine.complete(self.spec, sink))
         except RequestFailed as exc:
             self.failure = exc
@@ -66,6 +69,8 @@ class RequestStream:
             self.failure = RequestFailed(ErrorKind.INTERNAL,
                                          "internal error; the run was stopped")
         finally:
+            if isinstance(self.spec.context, ContextFile):
+                self.spec.context.close()
             if self.failure is not None:
                 sink.error(self.failure)
             sink.close()

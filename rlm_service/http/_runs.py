@@ -22,7 +22,9 @@ def spec_for(servicer: RLMServicer, request: rlm_pb2.CompletionRequest) -> RunSp
     """Raises servicer.InvalidRequest for bad input, ShuttingDown while draining."""
     if not servicer.accepting:
         raise ShuttingDown()
-    return build_spec(request, servicer.settings, None)
+    spec = build_spec(request, servicer.settings, None, servicer.contexts)
+    servicer.slots.check(spec.received + spec.limits.timeout_seconds)
+    return spec
 
 
 def run_events(servicer: RLMServicer, spec: RunSpec) -> RequestStream:

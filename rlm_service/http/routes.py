@@ -10,9 +10,11 @@ from google.protobuf import json_format
 
 from rlm_service._gen.rlm.v1 import rlm_pb2
 from rlm_service.http import sse
-from rlm_service.http._runs import ShuttingDown, run_events, spec_for
+from rlm_service.http._runs import run_events, spec_for
 from rlm_service.http.errors import error_response, status_for
-from rlm_service.servicer import InvalidRequest, RLMServicer
+from rlm_service.run.types import RequestFailed
+from rlm_service.servicer import RLMServicer
+from rlm_service.slots import Overloaded
 
 SERVICER: web.AppKey[RLMServicer] = web.AppKey("servicer", RLMServicer)
 
@@ -65,8 +67,15 @@ async def _spec(request: web.Request) -> Any:
         return spec_for(servicer, await _read_request(request))
     except BadBody as exc:
         return error_response(400, str(exc))
-    except (InvalidRequest, ShuttingDown) as exc:
-        return error_response(status_for(exc), str(exc))
+    except RequestFailed as exc:  # bad input, an unknown context_ref, overloaded, ...
+        return _failed(exc)
+
+
+def _failed(exc: RequestFailed) -> web.Response:
+    response = error_response(status_for(exc), exc.message)
+    if isinstance(exc, Overloaded):
+        response.headers["Retry-After"] = exc.retry_after_header
+    return response
 
 
 def _go_response(final: rlm_pb2.FinalAnswer, spec: Any) -> dict[str, Any]:
@@ -102,7 +111,7 @@ async def completion(request: web.Request) -> web.StreamResponse:
             if event.HasField("final_answer"):
                 final = event.final_answer
     if stream.failure is not None:
-        return error_response(status_for(stream.failure), stream.failure.message)
+        return _failed(stream.failure)
     if final is None:
         return error_response(500, "the run ended without an answer")
     return web.json_response(_go_response(final, spec))

@@ -19,8 +19,6 @@ Behaviour common to both backends (see ``_retry.py`` for the policy):
 
 from __future__ import annotations
 
-import asyncio
-
 from rlm_service.config import BackendName, Settings
 from rlm_service.models._base import (
     AttemptHook,
@@ -34,6 +32,7 @@ from rlm_service.models._base import (
     TokenUsage,
 )
 from rlm_service.models.catalog import ModelCatalog, estimate_tokens
+from rlm_service.models.limiter import FairLimiter, Limiter
 
 __all__ = [
     "AttemptHook",
@@ -53,7 +52,7 @@ __all__ = [
 
 
 def build_backend(name: BackendName, settings: Settings,
-                  limiter: asyncio.Semaphore | None = None) -> ModelBackend:
+                  limiter: Limiter | None = None) -> ModelBackend:
     # Imported here so a deployment using one provider never loads the other SDK.
     if name == "scripted":  # offline backends: no network, no key
         from rlm_service.models.scripted import ScriptedBackend
@@ -80,7 +79,8 @@ def build_backends(settings: Settings) -> dict[str, ModelBackend]:
     """
     backends: dict[str, ModelBackend] = {}
     # One cap on model calls in flight for the whole process, whichever backend serves them.
-    limiter = asyncio.Semaphore(settings.max_concurrent_model_calls)
+    # Shared fairly between requests (see limiter.py).
+    limiter = FairLimiter(settings.max_concurrent_model_calls, settings.model_call_reserve)
     for name in dict.fromkeys((settings.rlm_backend, settings.sub_backend)):
         if not settings.backend_configured(name):
             hint = ("GEMINI_API_KEY, GEMINI_BASE_URL or GOOGLE_GENAI_USE_VERTEXAI"

@@ -27,6 +27,7 @@ import grpc
 
 from rlm_service.config import Settings
 from rlm_service.models._base import AttemptHook, ModelError, ModelReply, RetryHook, TokenUsage
+from rlm_service.models.limiter import Limiter
 
 log = logging.getLogger(__name__)
 
@@ -183,7 +184,7 @@ async def run_with_retries(
     deadline: float | None,
     on_retry: RetryHook | None,
     what: str,
-    limiter: asyncio.Semaphore | None = None,
+    limiter: Limiter | None = None,
     on_attempt: AttemptHook | None = None,
     rng: random.Random | None = None,
 ) -> ModelReply:
@@ -259,7 +260,7 @@ async def run_with_retries(
         await asyncio.sleep(delay)
 
 
-async def _acquire(limiter: asyncio.Semaphore, deadline: float | None) -> bool:
+async def _acquire(limiter: Limiter, deadline: float | None) -> bool:
     if deadline is None:
         await limiter.acquire()
         return True

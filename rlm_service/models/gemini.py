@@ -62,6 +62,7 @@ from rlm_service.models.gemini_wire import (
     request_body,
     retry_delay,
 )
+from rlm_service.models.limiter import Limiter
 
 log = logging.getLogger(__name__)
 
@@ -77,14 +78,14 @@ class GeminiBackend:
 
     name = "gemini"
 
-    def __init__(self, settings: Settings, limiter: asyncio.Semaphore | None = None, *,
+    def __init__(self, settings: Settings, limiter: Limiter | None = None, *,
                  typed_only: bool = False) -> None:
         self._policy = RetryPolicy.from_settings(settings)
         self._api_key = settings.gemini_api_key.get_secret_value() if settings.gemini_api_key else None
         self._base_url = settings.gemini_base_url
         self._pool_size = settings.max_concurrent_model_calls
         # Shared by every backend of the process (build_backends), so the cap is process-wide.
-        self._semaphore = limiter or asyncio.Semaphore(settings.max_concurrent_model_calls)
+        self._semaphore: Limiter = limiter or asyncio.Semaphore(settings.max_concurrent_model_calls)
         self._vertex = settings.google_genai_use_vertexai
         self._typed_only = typed_only
         if not self._vertex and not self._api_key and not settings.gemini_base_url:

@@ -45,6 +45,7 @@ from rlm_service.models._retry import (
     transport_error,
     unexpected_error,
 )
+from rlm_service.models.limiter import Limiter
 
 log = logging.getLogger(__name__)
 
@@ -55,14 +56,14 @@ class OpenAIBackend:
 
     name = "openai"
 
-    def __init__(self, settings: Settings, limiter: asyncio.Semaphore | None = None) -> None:
+    def __init__(self, settings: Settings, limiter: Limiter | None = None) -> None:
         self._policy = RetryPolicy.from_settings(settings)
         self._api_key = settings.openai_api_key.get_secret_value() if settings.openai_api_key else None
         if not self._api_key and not settings.openai_base_url:
             raise ValueError("OPENAI_API_KEY is not set (or set OPENAI_BASE_URL for a local "
                              "OpenAI-compatible server)")
         # Shared by every backend of the process (build_backends), so the cap is process-wide.
-        self._semaphore = limiter or asyncio.Semaphore(settings.max_concurrent_model_calls)
+        self._semaphore: Limiter = limiter or asyncio.Semaphore(settings.max_concurrent_model_calls)
         self._client = openai.AsyncOpenAI(
             # Local servers (vLLM, Ollama, llama.cpp) ignore the key, but the SDK needs one.
             api_key=self._api_key or "unused",

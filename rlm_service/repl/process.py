@@ -29,6 +29,7 @@ from rlm_service.repl.proxy import CallbackProxy
 from rlm_service.repl.sandbox import CALLBACK_SOCKET_NAME, Sandbox
 from rlm_service.repl.spawn import spawn_guest
 from rlm_service.repl_guest import protocol
+from rlm_service.uploads.file import ContextFile
 
 log = logging.getLogger(__name__)
 __all__ = ["ExecResult", "ReplError", "ReplProcess"]
@@ -131,9 +132,13 @@ class ReplProcess:
     # --- operations ---------------------------------------------------------------
     async def load_context(self, context: Any, secret: str) -> None:
         """Writes the context to a file the guest reads: no giant frame on a pipe."""
-        kind: Any = "str" if isinstance(context, str) else "json"
+        kind: Any = "str" if isinstance(context, str | ContextFile) else "json"
         path = self.run_dir / ("context.txt" if kind == "str" else "context.json")
-        await asyncio.to_thread(_write_context, path, context, kind)
+        if isinstance(context, ContextFile):
+            # An uploaded context: linked (or copied by the kernel), never read here.
+            await asyncio.to_thread(context.place, path)
+        else:
+            await asyncio.to_thread(_write_context, path, context, kind)
         guest_dir, guest_socket = self.sandbox.guest_paths(self.run_dir)
         request = protocol.InitRequest(context_path=f"{guest_dir}/{path.name}",
                                        context_kind=kind, secret=secret, socket=guest_socket)

@@ -20,6 +20,7 @@ from rlm_service.models import (
     ModelReply,
     TokenUsage,
 )
+from rlm_service.models.limiter import request_key
 from rlm_service.run.events import Emit, Notice
 from rlm_service.run.ports import Pricing, ReplProvider, SecretRegistry
 from rlm_service.run.types import RequestSpec, RunResult
@@ -102,6 +103,17 @@ class RequestContext:
 
         Raises ModelCallFailed, LimitExceeded or CancelledError."""
         self.ledger.reserve_call()
+        # The process-wide limiter shares its slots fairly by this key.
+        key = request_key.set(self.spec.request_id)
+        try:
+            return await self._call_model(sub=sub, model=model, messages=messages,
+                                          options=options, depth=depth, on_delta=on_delta)
+        finally:
+            request_key.reset(key)
+
+    async def _call_model(self, *, sub: bool, model: str, messages: list[Message],
+                          options: GenerateOptions, depth: int,
+                          on_delta: Callable[[str], None] | None) -> ModelCall:
         backend = self.services.backend_for(sub)
         started = time.monotonic()
         outcome = "error"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import dataclasses
 import logging
@@ -43,6 +44,9 @@ class Run:
     secret: str = ""
     result: RunResult | None = None
     _var_error: str = ""  # why the last FINAL_VAR in a reply gave no answer
+    # The REPL starting (and loading the context) while the first root call is in
+    # flight: that call does not need it.
+    _starting: asyncio.Task[None] | None = None
     _inflight: set[asyncio.Task[Any]] = field(default_factory=set)
     _context: contextvars.Context = field(default_factory=contextvars.copy_context)
 
@@ -73,6 +77,11 @@ class Run:
 
     # --- the REPL -------------------------------------------------------------------
     async def _cleanup(self) -> None:
+        if self._starting is not None:
+            self._starting.cancel()
+            with contextlib.suppress(BaseException):
+                await self._starting
+            self._starting = None
         for task in list(self._inflight):
             task.cancel()
         if self.secret:
@@ -100,6 +109,12 @@ class Run:
             raise RequestFailed(ErrorKind.SANDBOX_UNAVAILABLE,
                                 "the sandboxed REPL could not be started; retry") from exc
 
+    async def _repl_ready(self) -> None:
+        """Waits for the REPL started with the run; raises its start's failure."""
+        if self._starting is not None:
+            starting, self._starting = self._starting, None
+            await starting
+
     def _on_partial(self, text: str) -> None:
         if text:
             self.req.partial_answer = text
@@ -114,7 +129,7 @@ class Run:
             sandbox_layers=self.req.services.sandbox_layers, depth=self.depth,
             call_id=self.call_id,
         ))
-        await self._start_repl()
+        self._starting = asyncio.create_task(self._start_repl())
         messages = [Message("user", prompts.first_message(self.prompt, description))]
         options = spec.root_options if self.depth == 0 else spec.sub_options
         options = dataclasses.replace(options, system_prompt=prompts.SYSTEM_PROMPT)
@@ -181,7 +196,15 @@ class Run:
         if tag is None:
             return None
         if not tag.is_variable:
+            # No REPL needed, so none is waited for (a budget stop may land any moment
+            # now and the answer is in); but a sandbox that already failed to start
+            # fails the run, as it did before the start overlapped the first call.
+            starting = self._starting
+            if starting is not None and starting.done() and not starting.cancelled() \
+                    and starting.exception() is not None:
+                await self._repl_ready()
             return tag.value
+        await self._repl_ready()
         assert self.repl is not None
         ok, value = await self.repl.get_var(tag.value)
         if ok:
@@ -205,6 +228,7 @@ class Run:
         fed: list[str] = []
         note = ""
         variables: list[str] = []
+        await self._repl_ready()
         for index, code in enumerate(blocks, start=1):
             assert self.repl is not None
             with tracer().start_as_current_span("rlm.repl_block", attributes={

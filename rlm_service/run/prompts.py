@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from rlm_service.uploads.file import ContextFile
+
 SYSTEM_PROMPT = """\
 You answer a question about data that is too large to read at once. The data is \
 NOT in this conversation: it is stored in the variable `context` inside a \
@@ -55,7 +57,12 @@ LENGTHS_SHOWN = 20
 
 def describe_context(context: Any) -> tuple[str, int, str]:
     """(type name, total characters, a description for the model)."""
-    if isinstance(context, str):
+    if isinstance(context, ContextFile):
+        # An uploaded text, described from what the upload counted: never read here.
+        kind, total = "str", context.chars
+        lines = [f"`context` is a str of {total:,} characters."]
+        preview = context.preview[:PREVIEW_CHARS]
+    elif isinstance(context, str):
         kind, total = "str", len(context)
         lines = [f"`context` is a str of {total:,} characters."]
         preview = context[:PREVIEW_CHARS]

@@ -74,6 +74,9 @@ class ErrorKind(enum.Enum):
     MODEL_REFUSED = "model_refused"
     REPLAY_MISS = "replay_miss"  # the replay backend has no recording of this call
     MODEL_INTERNAL = "model_internal"
+    CONTEXT_NOT_FOUND = "context_not_found"
+    CONTEXT_TOO_LARGE = "context_too_large"
+    OVERLOADED = "overloaded"
 
 
 class RequestFailed(Exception):

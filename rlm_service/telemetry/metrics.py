@@ -42,6 +42,8 @@ __all__ = [
     "rlm_request_duration_seconds",
     "rlm_request_iterations",
     "rlm_requests",
+    "rlm_run_queue_depth",
+    "rlm_run_rejections",
     "rlm_sandbox_busy",
     "rlm_sandbox_escaped_processes",
     "rlm_sandbox_pool_idle",
@@ -140,6 +142,13 @@ rlm_request_iterations = Histogram(
     buckets=_ITERATION_BUCKETS,
 )
 rlm_active_requests = Gauge("rlm_active_requests", "Requests in progress.")
+rlm_run_queue_depth = Gauge("rlm_run_queue_depth", "Requests waiting for a run slot.")
+rlm_run_rejections = Counter(
+    "rlm_run_rejections",
+    "Requests refused at once for want of a run slot (RESOURCE_EXHAUSTED / 429), by "
+    "reason: queue_full, deadline.",
+    ("reason",),
+)
 rlm_budget_stops = Counter(
     "rlm_budget_stops",
     "Requests stopped by a limit: max_iterations, max_llm_calls, max_total_tokens, "
@@ -192,6 +201,8 @@ rlm_sandbox_escaped_processes = Counter(
 # alerts work before the first event of each kind.
 for _request_outcome in REQUEST_OUTCOMES:
     rlm_requests.labels(outcome=_request_outcome)
+for _reason in ("queue_full", "deadline"):
+    rlm_run_rejections.labels(reason=_reason)
 for _repl_outcome in REPL_OUTCOMES:
     rlm_repl_blocks.labels(outcome=_repl_outcome)
 

@@ -128,7 +128,8 @@ async def test_crashed_repl_is_replaced_and_the_model_told(harness: Harness) -> 
 async def test_repl_that_cannot_start_fails_the_request(harness: Harness) -> None:
     harness.pool.fail_next_acquire = True
     with pytest.raises(RequestFailed) as info:
-        await harness.complete("FINAL(never)")
+        # Code needs the REPL (an answer without code does not wait for it).
+        await harness.complete(block("x = 1"), "FINAL(never)")
     assert info.value.kind is ErrorKind.SANDBOX_UNAVAILABLE
     assert status_of(info.value).http == 503
 

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
-
 from rlm_service._gen.rlm.v1 import rlm_pb2
 from rlm_service.run.types import ErrorKind
+from rlm_service.slots import RunSlots
 from rlm_service.streaming import RequestStream
 from tests.run.conftest import ROOT, SUB, Harness, block
 
@@ -17,7 +16,7 @@ async def events_of(harness: Harness, stream: RequestStream) -> list[rlm_pb2.Com
 
 async def test_events_are_numbered_and_end_with_the_answer(harness: Harness) -> None:
     harness.model.root.extend([block("print(llm_query('hi'))"), "FINAL(bye)"])
-    stream = RequestStream(harness.engine(), harness.settings, asyncio.Semaphore(1),
+    stream = RequestStream(harness.engine(), harness.settings, RunSlots(1, 10),
                            harness.spec(max_llm_calls=9))
     events = await events_of(harness, stream)
     assert [e.seq for e in events] == list(range(1, len(events) + 1))
@@ -40,7 +39,8 @@ async def test_events_are_numbered_and_end_with_the_answer(harness: Harness) -> 
 
 async def test_a_failure_is_the_last_event_and_kept_for_the_face(harness: Harness) -> None:
     harness.pool.fail_next_acquire = True
-    stream = RequestStream(harness.engine(), harness.settings, asyncio.Semaphore(1),
+    harness.model.root.append(block("x = 1"))
+    stream = RequestStream(harness.engine(), harness.settings, RunSlots(1, 10),
                            harness.spec())
     events = await events_of(harness, stream)
     assert events[-1].error.code == "UNAVAILABLE"
@@ -52,7 +52,7 @@ async def test_closing_the_stream_early_cancels_the_request(harness: Harness) ->
     harness.model.delay = 0.2
     harness.model.root.extend([block("x = 1")] * 5)
     engine = harness.engine()
-    stream = RequestStream(engine, harness.settings, asyncio.Semaphore(1), harness.spec())
+    stream = RequestStream(engine, harness.settings, RunSlots(1, 10), harness.spec())
     async with stream as events:
         async for event in events:
             if event.HasField("root_turn"):
@@ -64,7 +64,7 @@ async def test_closing_the_stream_early_cancels_the_request(harness: Harness) ->
 async def test_an_observer_sees_every_event(harness: Harness) -> None:
     harness.model.root.append("FINAL(seen)")
     seen: list[int] = []
-    stream = RequestStream(harness.engine(), harness.settings, asyncio.Semaphore(1),
+    stream = RequestStream(harness.engine(), harness.settings, RunSlots(1, 10),
                            harness.spec(), observe=lambda e: seen.append(e.seq))
     events = await events_of(harness, stream)
     assert seen == [e.seq for e in events] and len(seen) >= 3

@@ -36,6 +36,8 @@ EXPECTED = {
     "rlm_active_requests": "gauge",
     "rlm_sandbox_pool_idle": "gauge",
     "rlm_sandbox_busy": "gauge",
+    "rlm_run_queue_depth": "gauge",
+    "rlm_run_rejections_total": "counter",
     "rlm_budget_stops_total": "counter",
     "rlm_model_retries_total": "counter",
 }

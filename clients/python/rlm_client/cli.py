@@ -21,6 +21,7 @@ from rlm_client.context import ContextError, load_context
 from rlm_client.events import EventFileError, read_events, status_event, to_json
 from rlm_client.lines import plain_lines
 from rlm_client.live import render, render_end
+from rlm_client.upload import UPLOAD_ABOVE
 from rlm_client.view import EXIT_BAD_INPUT, EXIT_CANCELLED, ViewState
 from rlm_service._gen.rlm.v1 import rlm_pb2
 
@@ -135,7 +136,7 @@ def _deadline(timeout: float) -> float | None:
 
 def _run(args: argparse.Namespace) -> int:
     try:
-        context = load_context(args.context_file)
+        context = load_context(args.context_file, UPLOAD_ABOVE)
     except ContextError as exc:
         print(f"rlm: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT

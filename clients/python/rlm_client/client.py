@@ -13,6 +13,7 @@ from typing import Any
 import grpc
 from google.protobuf import json_format
 
+from rlm_client import upload
 from rlm_service._gen.rlm.v1 import rlm_pb2, rlm_pb2_grpc
 
 _OPTIONS = [
@@ -22,7 +23,8 @@ _OPTIONS = [
 
 
 def make_request(prompt: str, context: Any = None, **fields: Any) -> rlm_pb2.CompletionRequest:
-    """Builds a CompletionRequest; ``context`` may be a str, list or dict."""
+    """Builds a CompletionRequest; ``context`` may be a str, list or dict (or pass
+    ``context_ref`` for an uploaded one)."""
     request = rlm_pb2.CompletionRequest(prompt=prompt, **fields)
     if context is not None:
         if isinstance(context, str):
@@ -33,17 +35,37 @@ def make_request(prompt: str, context: Any = None, **fields: Any) -> rlm_pb2.Com
 
 
 class RLMClient:
-    """Blocking client. Use as a context manager or call close()."""
+    """Blocking client. Use as a context manager or call close().
 
-    def __init__(self, target: str = "localhost:8080") -> None:
+    A context that is a path, or a str above ``upload_above`` UTF-8 bytes, is sent
+    with UploadContext first and the request names it (see rlm_client/upload.py)."""
+
+    def __init__(self, target: str = "localhost:8080", *,
+                 upload_above: int = upload.UPLOAD_ABOVE) -> None:
         self._channel = grpc.insecure_channel(target, options=_OPTIONS)
         self._stub = rlm_pb2_grpc.RLMServiceStub(self._channel)
+        self.upload_above = upload_above
+
+    def upload_context(self, source: upload.TextSource, *,
+                       timeout: float | None = None) -> rlm_pb2.ContextRef:
+        """Stores a text context on the server for a while; pass ``ref.ref`` as
+        ``context_ref``."""
+        ref: rlm_pb2.ContextRef = self._stub.UploadContext(upload.chunks(source),
+                                                           timeout=timeout)
+        return ref
+
+    def _request(self, prompt: str, context: Any, timeout: float | None,
+                 fields: dict[str, Any]) -> rlm_pb2.CompletionRequest:
+        if upload.wants_upload(context, self.upload_above):
+            fields = {**fields, "context_ref": self.upload_context(context, timeout=timeout).ref}
+            context = None
+        return make_request(prompt, context, **fields)
 
     def stream(self, prompt: str, context: Any = None, *, timeout: float | None = None,
                **fields: Any) -> Iterator[rlm_pb2.CompletionEvent]:
         """Yields every event of the run as it arrives. Closing the iterator early (or an
         exception such as KeyboardInterrupt while waiting) cancels the run on the server."""
-        call = self._stub.StreamCompletion(make_request(prompt, context, **fields),
+        call = self._stub.StreamCompletion(self._request(prompt, context, timeout, fields),
                                            timeout=timeout)
         try:
             yield from call
@@ -53,7 +75,7 @@ class RLMClient:
     def complete(self, prompt: str, context: Any = None, *, timeout: float | None = None,
                  **fields: Any) -> rlm_pb2.CompletionResponse:
         response: rlm_pb2.CompletionResponse = self._stub.Complete(
-            make_request(prompt, context, **fields), timeout=timeout)
+            self._request(prompt, context, timeout, fields), timeout=timeout)
         return response
 
     def close(self) -> None:
@@ -69,14 +91,31 @@ class RLMClient:
 class AsyncRLMClient:
     """asyncio client. Use as an async context manager or await close()."""
 
-    def __init__(self, target: str = "localhost:8080") -> None:
+    def __init__(self, target: str = "localhost:8080", *,
+                 upload_above: int = upload.UPLOAD_ABOVE) -> None:
         self._channel = grpc.aio.insecure_channel(target, options=_OPTIONS)
         self._stub = rlm_pb2_grpc.RLMServiceStub(self._channel)
+        self.upload_above = upload_above
+
+    async def upload_context(self, source: upload.TextSource, *,
+                             timeout: float | None = None) -> rlm_pb2.ContextRef:
+        # The chunks are made lazily by the channel's own iteration, as in the blocking
+        # client; a file is read piece by piece.
+        ref: rlm_pb2.ContextRef = await self._stub.UploadContext(upload.chunks(source),
+                                                                 timeout=timeout)
+        return ref
+
+    async def _request(self, prompt: str, context: Any, timeout: float | None,
+                       fields: dict[str, Any]) -> rlm_pb2.CompletionRequest:
+        if upload.wants_upload(context, self.upload_above):
+            ref = await self.upload_context(context, timeout=timeout)
+            fields, context = {**fields, "context_ref": ref.ref}, None
+        return make_request(prompt, context, **fields)
 
     async def stream(self, prompt: str, context: Any = None, *, timeout: float | None = None,
                      **fields: Any) -> AsyncIterator[rlm_pb2.CompletionEvent]:
-        call = self._stub.StreamCompletion(make_request(prompt, context, **fields),
-                                           timeout=timeout)
+        call = self._stub.StreamCompletion(
+            await self._request(prompt, context, timeout, fields), timeout=timeout)
         try:
             async for event in call:
                 yield event
@@ -86,7 +125,7 @@ class AsyncRLMClient:
     async def complete(self, prompt: str, context: Any = None, *, timeout: float | None = None,
                        **fields: Any) -> rlm_pb2.CompletionResponse:
         response: rlm_pb2.CompletionResponse = await self._stub.Complete(
-            make_request(prompt, context, **fields), timeout=timeout)
+            await self._request(prompt, context, timeout, fields), timeout=timeout)
         return response
 
     async def close(self) -> None:

@@ -30,8 +30,10 @@ def _folder(path: Path) -> list[str]:
     return [_read_text(p) for p in files]
 
 
-def load_context(name: str | None) -> Any:
-    """The request's context: None, a str, or the list/dict of a JSON file or a folder."""
+def load_context(name: str | None, upload_above: int | None = None) -> Any:
+    """The request's context: None, a str, the list/dict of a JSON file or a folder, or
+    (a text file over ``upload_above`` bytes) its Path, which the client uploads in
+    chunks without reading it whole."""
     if name is None:
         return None
     if name == "-":
@@ -39,6 +41,10 @@ def load_context(name: str | None) -> Any:
     path = Path(name)
     if path.is_dir():
         return _folder(path)
+    if (upload_above is not None and path.suffix.lower() != ".json" and path.is_file()
+            and path.stat().st_size > upload_above):
+        # The server checks it is UTF-8 as it arrives.
+        return path
     text = _read_text(path)
     if path.suffix.lower() != ".json":
         return text

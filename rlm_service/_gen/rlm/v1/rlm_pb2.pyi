@@ -72,6 +72,80 @@ SUB_CALL_KIND_RLM: SubCallKind.ValueType  # 2
 Global___SubCallKind: _TypeAlias = SubCallKind  # noqa: Y015
 
 @_typing.final
+class ContextChunk(_message.Message):
+    """One piece of an uploaded context: UTF-8 text, sent in order."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DATA_FIELD_NUMBER: _builtins.int
+    OFFSET_FIELD_NUMBER: _builtins.int
+    LAST_FIELD_NUMBER: _builtins.int
+    data: _builtins.bytes
+    """The next bytes of the text. A chunk may end inside a character; the next
+    one continues it.
+    """
+    offset: _builtins.int
+    """Where `data` starts in the text, in bytes (the sum of the earlier chunks'
+    sizes). A chunk that does not start where the last one ended fails the
+    upload with INVALID_ARGUMENT, so a lost or reordered chunk never goes unseen.
+    """
+    last: _builtins.bool
+    """Set on the final chunk (which may carry no data). A stream that ends without
+    it, e.g. a cancelled client, stores nothing: only a complete context ever gets
+    a ref.
+    """
+    def __init__(
+        self,
+        *,
+        data: _builtins.bytes = ...,
+        offset: _builtins.int = ...,
+        last: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "last", b"last", "offset", b"offset"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ContextChunk: _TypeAlias = ContextChunk  # noqa: Y015
+
+@_typing.final
+class ContextRef(_message.Message):
+    """A stored context, named by `ref` in CompletionRequest.context_ref."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REF_FIELD_NUMBER: _builtins.int
+    SIZE_BYTES_FIELD_NUMBER: _builtins.int
+    CHARS_FIELD_NUMBER: _builtins.int
+    EXPIRES_AT_FIELD_NUMBER: _builtins.int
+    ref: _builtins.str
+    size_bytes: _builtins.int
+    chars: _builtins.int
+    """Length of the text in characters (Unicode code points), as the REPL sees it."""
+    @_builtins.property
+    def expires_at(self) -> _timestamp_pb2.Timestamp:
+        """After this time the ref is unknown (NOT_FOUND); a run already using it
+        keeps its copy until it ends.
+        """
+
+    def __init__(
+        self,
+        *,
+        ref: _builtins.str = ...,
+        size_bytes: _builtins.int = ...,
+        chars: _builtins.int = ...,
+        expires_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["expires_at", b"expires_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chars", b"chars", "expires_at", b"expires_at", "ref", b"ref", "size_bytes", b"size_bytes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ContextRef: _TypeAlias = ContextRef  # noqa: Y015
+
+@_typing.final
 class ModelOptions(_message.Message):
     """Per-model generation options. Unset fields use the deployment's defaults."""
 
@@ -112,6 +186,7 @@ class CompletionRequest(_message.Message):
 
     PROMPT_FIELD_NUMBER: _builtins.int
     CONTEXT_FIELD_NUMBER: _builtins.int
+    CONTEXT_REF_FIELD_NUMBER: _builtins.int
     MAX_ITERATIONS_FIELD_NUMBER: _builtins.int
     ROOT_MODEL_FIELD_NUMBER: _builtins.int
     SUB_MODEL_FIELD_NUMBER: _builtins.int
@@ -125,6 +200,10 @@ class CompletionRequest(_message.Message):
     SUB_OPTIONS_FIELD_NUMBER: _builtins.int
     prompt: _builtins.str
     """The question or instruction. Required."""
+    context_ref: _builtins.str
+    """A context stored by UploadContext (ContextRef.ref), loaded as a str.
+    An unknown or expired ref fails the request with NOT_FOUND.
+    """
     max_iterations: _builtins.int
     """Root-model turns before a final answer is forced. 0 = server default."""
     root_model: _builtins.str
@@ -164,6 +243,7 @@ class CompletionRequest(_message.Message):
         *,
         prompt: _builtins.str = ...,
         context: _struct_pb2.Value | None = ...,
+        context_ref: _builtins.str = ...,
         max_iterations: _builtins.int = ...,
         root_model: _builtins.str = ...,
         sub_model: _builtins.str = ...,
@@ -176,11 +256,13 @@ class CompletionRequest(_message.Message):
         root_options: Global___ModelOptions | None = ...,
         sub_options: Global___ModelOptions | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["context", b"context", "root_options", b"root_options", "sub_options", b"sub_options"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["context", b"context", "context_ref", b"context_ref", "context_source", b"context_source", "root_options", b"root_options", "sub_options", b"sub_options"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["context", b"context", "max_cost_usd", b"max_cost_usd", "max_depth", b"max_depth", "max_iterations", b"max_iterations", "max_llm_calls", b"max_llm_calls", "max_total_tokens", b"max_total_tokens", "prompt", b"prompt", "root_model", b"root_model", "root_options", b"root_options", "stream_root_text", b"stream_root_text", "sub_model", b"sub_model", "sub_options", b"sub_options", "timeout_seconds", b"timeout_seconds"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["context", b"context", "context_ref", b"context_ref", "context_source", b"context_source", "max_cost_usd", b"max_cost_usd", "max_depth", b"max_depth", "max_iterations", b"max_iterations", "max_llm_calls", b"max_llm_calls", "max_total_tokens", b"max_total_tokens", "prompt", b"prompt", "root_model", b"root_model", "root_options", b"root_options", "stream_root_text", b"stream_root_text", "sub_model", b"sub_model", "sub_options", b"sub_options", "timeout_seconds", b"timeout_seconds"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType_context_source: _TypeAlias = _typing.Literal["context", "context_ref"]  # noqa: Y015
+    _WhichOneofArgType_context_source: _TypeAlias = _typing.Literal["context_source", b"context_source"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_context_source) -> _WhichOneofReturnType_context_source | None: ...
 
 Global___CompletionRequest: _TypeAlias = CompletionRequest  # noqa: Y015
 

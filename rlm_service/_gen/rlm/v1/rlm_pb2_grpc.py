@@ -47,6 +47,11 @@ class RLMServiceStub:
                 request_serializer=rlm_dot_v1_dot_rlm__pb2.CompletionRequest.SerializeToString,
                 response_deserializer=rlm_dot_v1_dot_rlm__pb2.CompletionResponse.FromString,
                 _registered_method=True)
+        self.UploadContext = channel.stream_unary(
+                '/rlm.v1.RLMService/UploadContext',
+                request_serializer=rlm_dot_v1_dot_rlm__pb2.ContextChunk.SerializeToString,
+                response_deserializer=rlm_dot_v1_dot_rlm__pb2.ContextRef.FromString,
+                _registered_method=True)
 
 
 class RLMServiceServicer:
@@ -69,6 +74,17 @@ class RLMServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def UploadContext(self, request_iterator, context):
+        """UploadContext stores a context sent in pieces, for contexts too large for
+        one message (or worth sending once for several requests). A request then
+        names it in `context_ref`. The server keeps it for a short time only
+        (ContextRef.expires_at) and refuses one over its size cap with
+        RESOURCE_EXHAUSTED.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RLMServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -81,6 +97,11 @@ def add_RLMServiceServicer_to_server(servicer, server):
                     servicer.Complete,
                     request_deserializer=rlm_dot_v1_dot_rlm__pb2.CompletionRequest.FromString,
                     response_serializer=rlm_dot_v1_dot_rlm__pb2.CompletionResponse.SerializeToString,
+            ),
+            'UploadContext': grpc.stream_unary_rpc_method_handler(
+                    servicer.UploadContext,
+                    request_deserializer=rlm_dot_v1_dot_rlm__pb2.ContextChunk.FromString,
+                    response_serializer=rlm_dot_v1_dot_rlm__pb2.ContextRef.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -140,6 +161,33 @@ class RLMService:
             '/rlm.v1.RLMService/Complete',
             rlm_dot_v1_dot_rlm__pb2.CompletionRequest.SerializeToString,
             rlm_dot_v1_dot_rlm__pb2.CompletionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UploadContext(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/rlm.v1.RLMService/UploadContext',
+            rlm_dot_v1_dot_rlm__pb2.ContextChunk.SerializeToString,
+            rlm_dot_v1_dot_rlm__pb2.ContextRef.FromString,
             options,
             channel_credentials,
             insecure,

@@ -40,6 +40,13 @@ class RLMServiceStub:
     """StreamCompletion runs one RLM completion and streams every step of it."""
     Complete: _grpc.UnaryUnaryMultiCallable[_rlm_pb2.CompletionRequest, _rlm_pb2.CompletionResponse]
     """Complete runs the same completion and returns only the final result."""
+    UploadContext: _grpc.StreamUnaryMultiCallable[_rlm_pb2.ContextChunk, _rlm_pb2.ContextRef]
+    """UploadContext stores a context sent in pieces, for contexts too large for
+    one message (or worth sending once for several requests). A request then
+    names it in `context_ref`. The server keeps it for a short time only
+    (ContextRef.expires_at) and refuses one over its size cap with
+    RESOURCE_EXHAUSTED.
+    """
 
 @_typing.type_check_only
 class RLMServiceAsyncStub(RLMServiceStub):
@@ -53,6 +60,13 @@ class RLMServiceAsyncStub(RLMServiceStub):
     """StreamCompletion runs one RLM completion and streams every step of it."""
     Complete: _aio.UnaryUnaryMultiCallable[_rlm_pb2.CompletionRequest, _rlm_pb2.CompletionResponse]  # type: ignore[assignment]
     """Complete runs the same completion and returns only the final result."""
+    UploadContext: _aio.StreamUnaryMultiCallable[_rlm_pb2.ContextChunk, _rlm_pb2.ContextRef]  # type: ignore[assignment]
+    """UploadContext stores a context sent in pieces, for contexts too large for
+    one message (or worth sending once for several requests). A request then
+    names it in `context_ref`. The server keeps it for a short time only
+    (ContextRef.expires_at) and refuses one over its size cap with
+    RESOURCE_EXHAUSTED.
+    """
 
 class RLMServiceServicer(metaclass=_abc_1.ABCMeta):
     """RLMService runs Recursive Language Model completions. The context never
@@ -75,5 +89,18 @@ class RLMServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_rlm_pb2.CompletionResponse, _abc.Awaitable[_rlm_pb2.CompletionResponse]]:
         """Complete runs the same completion and returns only the final result."""
+
+    @_abc_1.abstractmethod
+    def UploadContext(
+        self,
+        request_iterator: _MaybeAsyncIterator[_rlm_pb2.ContextChunk],
+        context: _ServicerContext,
+    ) -> _typing.Union[_rlm_pb2.ContextRef, _abc.Awaitable[_rlm_pb2.ContextRef]]:
+        """UploadContext stores a context sent in pieces, for contexts too large for
+        one message (or worth sending once for several requests). A request then
+        names it in `context_ref`. The server keeps it for a short time only
+        (ContextRef.expires_at) and refuses one over its size cap with
+        RESOURCE_EXHAUSTED.
+        """
 
 def add_RLMServiceServicer_to_server(servicer: RLMServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
