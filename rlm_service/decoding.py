@@ -20,7 +20,7 @@ import grpc
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, struct_pb2
 from google.protobuf.message import DecodeError, Message
 
-from rlm_service._gen.rlm.v1 import rlm_pb2
+from rlm_service._gen.rlm.v1 import rlm_pb2, rlm_pb2_grpc
 
 log = logging.getLogger(__name__)
 SERVICE: Final = rlm_pb2.DESCRIPTOR.services_by_name["RLMService"].full_name
@@ -151,9 +151,25 @@ UnaryMethod = Callable[[rlm_pb2.CompletionRequest, Context],
                        Awaitable[rlm_pb2.CompletionResponse]]
 
 
+class _Handlers:
+    """Catches the handlers the generated ``add_RLMServiceServicer_to_server`` makes."""
+
+    def __init__(self) -> None:
+        self.handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
+
+    def add_generic_rpc_handlers(self, _: object) -> None:
+        pass
+
+    def add_registered_method_handlers(self, _: str,
+                                       handlers: dict[str, grpc.RpcMethodHandler[Any, Any]]) -> None:
+        self.handlers = dict(handlers)
+
+
 def add_servicer(servicer: Any, server: grpc.aio.Server) -> None:
-    """Registers the servicer's two methods with byte-level request decoding, in place
-    of the generated ``add_RLMServiceServicer_to_server``."""
+    """Registers the servicer: its two request methods with byte-level request decoding,
+    every other method (uploads, run control) as generated."""
+    generated = _Handlers()
+    rlm_pb2_grpc.add_RLMServiceServicer_to_server(servicer, generated)  # type: ignore[arg-type]
     stream_method: StreamMethod = servicer.StreamCompletion
     unary_method: UnaryMethod = servicer.Complete
 
@@ -170,6 +186,7 @@ def add_servicer(servicer: Any, server: grpc.aio.Server) -> None:
         return await unary_method(await _decode(raw, context), context)
 
     handlers = {
+        **generated.handlers,
         # No request_deserializer: the handler gets the bytes as they arrived.
         "StreamCompletion": grpc.unary_stream_rpc_method_handler(
             stream_completion,
