@@ -75,6 +75,11 @@ class Settings(BaseSettings):
     max_batch_prompts: int = Field(5000, ge=1)
     max_prompt_chars: int = Field(1_000_000, ge=1)
 
+    # --- runs that outlive their connection (rlm_service/runs/) ----------------
+    max_detach_grace_seconds: float = Field(600.0, ge=0)
+    run_replay_events: int = Field(10_000, ge=10)
+    run_retention_seconds: float = Field(300.0, ge=0)
+
     # --- sandbox ------------------------------------------------------------
     # Comma-separated sandbox layers the service may run without, or "all".
     sandbox_allow_missing: str = ""

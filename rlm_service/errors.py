@@ -33,6 +33,10 @@ STATUS: Final[dict[ErrorKind, Status]] = {
     ErrorKind.MODEL_NOT_FOUND: Status(grpc.StatusCode.NOT_FOUND, 404),
     ErrorKind.MODEL_REFUSED: Status(grpc.StatusCode.FAILED_PRECONDITION, 400),
     ErrorKind.MODEL_INTERNAL: Status(grpc.StatusCode.INTERNAL, 500),
+    ErrorKind.RUN_NOT_FOUND: Status(grpc.StatusCode.NOT_FOUND, 404),
+    ErrorKind.RUN_ACCESS_DENIED: Status(grpc.StatusCode.PERMISSION_DENIED, 403),
+    ErrorKind.RUN_REPLAY_GONE: Status(grpc.StatusCode.OUT_OF_RANGE, 400),
+    ErrorKind.RUN_CANCELLED: Status(grpc.StatusCode.CANCELLED, 499),
 }
 
 _INTERNAL: Final = STATUS[ErrorKind.INTERNAL]

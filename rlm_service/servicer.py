@@ -19,6 +19,9 @@ from rlm_service.errors import STATUS, status_of
 from rlm_service.models import GenerateOptions, catalog
 from rlm_service.run.engine import Engine, RunSpec
 from rlm_service.run.types import ErrorKind, RequestFailed
+from rlm_service.runs.live import Attachment
+from rlm_service.runs.registry import RunRegistry
+from rlm_service.runs.rpc import RunControl
 from rlm_service.streaming import RequestStream
 
 log = logging.getLogger(__name__)
@@ -90,6 +93,11 @@ def build_spec(request: rlm_pb2.CompletionRequest, settings: Settings,
     for name, value in (("root_model", request.root_model), ("sub_model", request.sub_model)):
         if value and not catalog.valid_model_name(value):
             raise InvalidRequest(f"{name} {value[:40]!r} is not a valid model name")
+    grace = request.detach_grace_seconds
+    if not math.isfinite(grace) or not 0 <= grace <= s.max_detach_grace_seconds:
+        raise InvalidRequest(
+            f"detach_grace_seconds must be between 0 and {s.max_detach_grace_seconds:g} "
+            "(0 = cancel the run when its stream drops)")
     timeout = request.timeout_seconds or s.default_timeout_seconds
     if deadline_left is not None:
         timeout = min(timeout, max(deadline_left, 0.001))
@@ -111,15 +119,17 @@ def build_spec(request: rlm_pb2.CompletionRequest, settings: Settings,
         root_options=_check_options(request.root_options, "root_options"),
         sub_options=_check_options(request.sub_options, "sub_options"),
         stream_root_text=request.stream_root_text,
+        detach_grace_seconds=grace,
     )
 
 
-class RLMServicer(rlm_pb2_grpc.RLMServiceServicer):
+class RLMServicer(RunControl, rlm_pb2_grpc.RLMServiceServicer):
     def __init__(self, engine: Engine, settings: Settings) -> None:
         self.engine = engine
         self.settings = settings
         self.accepting = True
         self._slots = asyncio.Semaphore(settings.max_concurrent_runs)
+        self.runs = RunRegistry(engine, settings)
 
     async def _spec(self, request: rlm_pb2.CompletionRequest, context: Context) -> RunSpec:
         if not self.accepting:
@@ -135,9 +145,10 @@ class RLMServicer(rlm_pb2_grpc.RLMServiceServicer):
         """The request-slot queue, shared with the HTTP face."""
         return self._slots
 
-    def stream(self, spec: RunSpec) -> RequestStream:
-        """A request's stream, for either face."""
-        return RequestStream(self.engine, self.settings, self._slots, spec)
+    def stream(self, spec: RunSpec) -> Attachment:
+        """Starts a request and attaches to its stream, for either face."""
+        return self.runs.start(
+            RequestStream(self.engine, self.settings, self._slots, spec)).attach(0)
 
     async def _events(self, spec: RunSpec,
                       context: Context) -> AsyncIterator[rlm_pb2.CompletionEvent]:

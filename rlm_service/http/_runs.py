@@ -6,8 +6,8 @@ from __future__ import annotations
 from rlm_service._gen.rlm.v1 import rlm_pb2
 from rlm_service.run.engine import RunSpec
 from rlm_service.run.types import ErrorKind, RequestFailed
+from rlm_service.runs.live import Attachment
 from rlm_service.servicer import SHUTTING_DOWN, RLMServicer, build_spec
-from rlm_service.streaming import RequestStream
 
 
 class ShuttingDown(RequestFailed):
@@ -24,7 +24,7 @@ def spec_for(servicer: RLMServicer, request: rlm_pb2.CompletionRequest) -> RunSp
     return build_spec(request, servicer.settings, None)
 
 
-def run_events(servicer: RLMServicer, spec: RunSpec) -> RequestStream:
+def run_events(servicer: RLMServicer, spec: RunSpec) -> Attachment:
     """``async with run_events(...) as events``: the request's events; leaving the
     block early cancels the request at once. ``.failure`` tells why it failed."""
     return servicer.stream(spec)

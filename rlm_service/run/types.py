@@ -26,6 +26,8 @@ class RequestSpec:
     root_options: GenerateOptions
     sub_options: GenerateOptions
     stream_root_text: bool = False
+    # Seconds the run outlives a dropped stream (rlm_service/runs/); 0 cancels it.
+    detach_grace_seconds: float = 0.0
     # The time limit counts from here, the request's arrival: a request that
     # first waits for a slot must still end before the client's deadline.
     received: float = field(default_factory=time.monotonic)
@@ -73,6 +75,11 @@ class ErrorKind(enum.Enum):
     MODEL_NOT_FOUND = "model_not_found"
     MODEL_REFUSED = "model_refused"
     MODEL_INTERNAL = "model_internal"
+    # Run control (rlm_service/runs/): WatchRun, CancelRun, GetRun.
+    RUN_NOT_FOUND = "run_not_found"
+    RUN_ACCESS_DENIED = "run_access_denied"
+    RUN_REPLAY_GONE = "run_replay_gone"
+    RUN_CANCELLED = "run_cancelled"
 
 
 class RequestFailed(Exception):

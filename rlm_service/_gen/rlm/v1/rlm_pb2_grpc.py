@@ -47,6 +47,21 @@ class RLMServiceStub:
                 request_serializer=rlm_dot_v1_dot_rlm__pb2.CompletionRequest.SerializeToString,
                 response_deserializer=rlm_dot_v1_dot_rlm__pb2.CompletionResponse.FromString,
                 _registered_method=True)
+        self.WatchRun = channel.unary_stream(
+                '/rlm.v1.RLMService/WatchRun',
+                request_serializer=rlm_dot_v1_dot_rlm__pb2.WatchRunRequest.SerializeToString,
+                response_deserializer=rlm_dot_v1_dot_rlm__pb2.CompletionEvent.FromString,
+                _registered_method=True)
+        self.CancelRun = channel.unary_unary(
+                '/rlm.v1.RLMService/CancelRun',
+                request_serializer=rlm_dot_v1_dot_rlm__pb2.RunRef.SerializeToString,
+                response_deserializer=rlm_dot_v1_dot_rlm__pb2.RunInfo.FromString,
+                _registered_method=True)
+        self.GetRun = channel.unary_unary(
+                '/rlm.v1.RLMService/GetRun',
+                request_serializer=rlm_dot_v1_dot_rlm__pb2.RunRef.SerializeToString,
+                response_deserializer=rlm_dot_v1_dot_rlm__pb2.RunInfo.FromString,
+                _registered_method=True)
 
 
 class RLMServiceServicer:
@@ -69,6 +84,29 @@ class RLMServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WatchRun(self, request, context):
+        """--- runs that outlive their connection (issue 15) ---
+        WatchRun reattaches to a run: it replays the buffered events after
+        after_seq, then streams the rest live. Needs the run's token.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CancelRun(self, request, context):
+        """CancelRun stops a run; its watchers get a CANCELLED error event.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetRun(self, request, context):
+        """GetRun reports a run's state and its usage so far.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RLMServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -81,6 +119,21 @@ def add_RLMServiceServicer_to_server(servicer, server):
                     servicer.Complete,
                     request_deserializer=rlm_dot_v1_dot_rlm__pb2.CompletionRequest.FromString,
                     response_serializer=rlm_dot_v1_dot_rlm__pb2.CompletionResponse.SerializeToString,
+            ),
+            'WatchRun': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchRun,
+                    request_deserializer=rlm_dot_v1_dot_rlm__pb2.WatchRunRequest.FromString,
+                    response_serializer=rlm_dot_v1_dot_rlm__pb2.CompletionEvent.SerializeToString,
+            ),
+            'CancelRun': grpc.unary_unary_rpc_method_handler(
+                    servicer.CancelRun,
+                    request_deserializer=rlm_dot_v1_dot_rlm__pb2.RunRef.FromString,
+                    response_serializer=rlm_dot_v1_dot_rlm__pb2.RunInfo.SerializeToString,
+            ),
+            'GetRun': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetRun,
+                    request_deserializer=rlm_dot_v1_dot_rlm__pb2.RunRef.FromString,
+                    response_serializer=rlm_dot_v1_dot_rlm__pb2.RunInfo.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -140,6 +193,87 @@ class RLMService:
             '/rlm.v1.RLMService/Complete',
             rlm_dot_v1_dot_rlm__pb2.CompletionRequest.SerializeToString,
             rlm_dot_v1_dot_rlm__pb2.CompletionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchRun(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/rlm.v1.RLMService/WatchRun',
+            rlm_dot_v1_dot_rlm__pb2.WatchRunRequest.SerializeToString,
+            rlm_dot_v1_dot_rlm__pb2.CompletionEvent.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CancelRun(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/rlm.v1.RLMService/CancelRun',
+            rlm_dot_v1_dot_rlm__pb2.RunRef.SerializeToString,
+            rlm_dot_v1_dot_rlm__pb2.RunInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetRun(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/rlm.v1.RLMService/GetRun',
+            rlm_dot_v1_dot_rlm__pb2.RunRef.SerializeToString,
+            rlm_dot_v1_dot_rlm__pb2.RunInfo.FromString,
             options,
             channel_credentials,
             insecure,

@@ -40,6 +40,15 @@ class RLMServiceStub:
     """StreamCompletion runs one RLM completion and streams every step of it."""
     Complete: _grpc.UnaryUnaryMultiCallable[_rlm_pb2.CompletionRequest, _rlm_pb2.CompletionResponse]
     """Complete runs the same completion and returns only the final result."""
+    WatchRun: _grpc.UnaryStreamMultiCallable[_rlm_pb2.WatchRunRequest, _rlm_pb2.CompletionEvent]
+    """--- runs that outlive their connection (issue 15) ---
+    WatchRun reattaches to a run: it replays the buffered events after
+    after_seq, then streams the rest live. Needs the run's token.
+    """
+    CancelRun: _grpc.UnaryUnaryMultiCallable[_rlm_pb2.RunRef, _rlm_pb2.RunInfo]
+    """CancelRun stops a run; its watchers get a CANCELLED error event."""
+    GetRun: _grpc.UnaryUnaryMultiCallable[_rlm_pb2.RunRef, _rlm_pb2.RunInfo]
+    """GetRun reports a run's state and its usage so far."""
 
 @_typing.type_check_only
 class RLMServiceAsyncStub(RLMServiceStub):
@@ -53,6 +62,15 @@ class RLMServiceAsyncStub(RLMServiceStub):
     """StreamCompletion runs one RLM completion and streams every step of it."""
     Complete: _aio.UnaryUnaryMultiCallable[_rlm_pb2.CompletionRequest, _rlm_pb2.CompletionResponse]  # type: ignore[assignment]
     """Complete runs the same completion and returns only the final result."""
+    WatchRun: _aio.UnaryStreamMultiCallable[_rlm_pb2.WatchRunRequest, _rlm_pb2.CompletionEvent]  # type: ignore[assignment]
+    """--- runs that outlive their connection (issue 15) ---
+    WatchRun reattaches to a run: it replays the buffered events after
+    after_seq, then streams the rest live. Needs the run's token.
+    """
+    CancelRun: _aio.UnaryUnaryMultiCallable[_rlm_pb2.RunRef, _rlm_pb2.RunInfo]  # type: ignore[assignment]
+    """CancelRun stops a run; its watchers get a CANCELLED error event."""
+    GetRun: _aio.UnaryUnaryMultiCallable[_rlm_pb2.RunRef, _rlm_pb2.RunInfo]  # type: ignore[assignment]
+    """GetRun reports a run's state and its usage so far."""
 
 class RLMServiceServicer(metaclass=_abc_1.ABCMeta):
     """RLMService runs Recursive Language Model completions. The context never
@@ -75,5 +93,32 @@ class RLMServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_rlm_pb2.CompletionResponse, _abc.Awaitable[_rlm_pb2.CompletionResponse]]:
         """Complete runs the same completion and returns only the final result."""
+
+    @_abc_1.abstractmethod
+    def WatchRun(
+        self,
+        request: _rlm_pb2.WatchRunRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_rlm_pb2.CompletionEvent], _abc.AsyncIterator[_rlm_pb2.CompletionEvent]]:
+        """--- runs that outlive their connection (issue 15) ---
+        WatchRun reattaches to a run: it replays the buffered events after
+        after_seq, then streams the rest live. Needs the run's token.
+        """
+
+    @_abc_1.abstractmethod
+    def CancelRun(
+        self,
+        request: _rlm_pb2.RunRef,
+        context: _ServicerContext,
+    ) -> _typing.Union[_rlm_pb2.RunInfo, _abc.Awaitable[_rlm_pb2.RunInfo]]:
+        """CancelRun stops a run; its watchers get a CANCELLED error event."""
+
+    @_abc_1.abstractmethod
+    def GetRun(
+        self,
+        request: _rlm_pb2.RunRef,
+        context: _ServicerContext,
+    ) -> _typing.Union[_rlm_pb2.RunInfo, _abc.Awaitable[_rlm_pb2.RunInfo]]:
+        """GetRun reports a run's state and its usage so far."""
 
 def add_RLMServiceServicer_to_server(servicer: RLMServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
