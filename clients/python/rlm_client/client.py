@@ -6,18 +6,25 @@ copied so `make proto` keeps one copy fresh; importing them loads nothing of the
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
+import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import grpc
 from google.protobuf import json_format
 
+from rlm_client.reconnect import Resume, grace_of
 from rlm_service._gen.rlm.v1 import rlm_pb2, rlm_pb2_grpc
 
 _OPTIONS = [
     ("grpc.max_send_message_length", 512 * 1024 * 1024),
     ("grpc.max_receive_message_length", 512 * 1024 * 1024),
+    # After a dropped connection, reconnect within a detached run's grace.
+    ("grpc.initial_reconnect_backoff_ms", 200),
+    ("grpc.max_reconnect_backoff_ms", 2000),
 ]
 
 
@@ -42,11 +49,29 @@ class RLMClient:
     def stream(self, prompt: str, context: Any = None, *, timeout: float | None = None,
                **fields: Any) -> Iterator[rlm_pb2.CompletionEvent]:
         """Yields every event of the run as it arrives. Closing the iterator early (or an
-        exception such as KeyboardInterrupt while waiting) cancels the run on the server."""
+        exception such as KeyboardInterrupt while waiting) cancels the run on the server.
+        With ``detach_grace_seconds`` > 0 a dropped stream is picked up again (WatchRun)."""
+        resume = Resume(grace_of(fields), timeout)
         call = self._stub.StreamCompletion(make_request(prompt, context, **fields),
                                            timeout=timeout)
         try:
-            yield from call
+            while True:
+                try:
+                    for event in call:
+                        if resume.fresh(event):
+                            yield event
+                    return
+                except grpc.RpcError as exc:
+                    if not resume.should_retry(exc):
+                        raise
+                time.sleep(min(resume.backoff(), resume.time_left()))
+                call = self._stub.WatchRun(resume.request(), timeout=resume.timeout_left())
+        except (GeneratorExit, KeyboardInterrupt):
+            # With a grace the server cannot tell leaving from a drop: say so.
+            if resume.can_cancel():
+                with contextlib.suppress(grpc.RpcError):
+                    self._stub.CancelRun(resume.ref(), timeout=5)
+            raise
         finally:
             call.cancel()  # type: ignore[no-untyped-call]
 
@@ -75,11 +100,27 @@ class AsyncRLMClient:
 
     async def stream(self, prompt: str, context: Any = None, *, timeout: float | None = None,
                      **fields: Any) -> AsyncIterator[rlm_pb2.CompletionEvent]:
-        call = self._stub.StreamCompletion(make_request(prompt, context, **fields),
-                                           timeout=timeout)
+        resume = Resume(grace_of(fields), timeout)
+        call: grpc.aio.UnaryStreamCall[Any, rlm_pb2.CompletionEvent] = (
+            self._stub.StreamCompletion(make_request(prompt, context, **fields),
+                                        timeout=timeout))
         try:
-            async for event in call:
-                yield event
+            while True:
+                try:
+                    async for event in call:
+                        if resume.fresh(event):
+                            yield event
+                    return
+                except grpc.RpcError as exc:
+                    if not resume.should_retry(exc):
+                        raise
+                await asyncio.sleep(min(resume.backoff(), resume.time_left()))
+                call = self._stub.WatchRun(resume.request(), timeout=resume.timeout_left())
+        except (GeneratorExit, asyncio.CancelledError):
+            if resume.can_cancel():
+                with contextlib.suppress(grpc.RpcError):
+                    await self._stub.CancelRun(resume.ref(), timeout=5)
+            raise
         finally:
             call.cancel()
 
