@@ -79,6 +79,8 @@ class Settings(BaseSettings):
     max_detach_grace_seconds: float = Field(600.0, ge=0)
     run_replay_events: int = Field(10_000, ge=10)
     run_retention_seconds: float = Field(300.0, ge=0)
+    # Structured answers (rlm_service/run/answer_schema.py).
+    answer_schema_max_retries: int = Field(2, ge=0, le=20)
 
     # --- sandbox ------------------------------------------------------------
     # Comma-separated sandbox layers the service may run without, or "all".

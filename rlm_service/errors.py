@@ -37,6 +37,7 @@ STATUS: Final[dict[ErrorKind, Status]] = {
     ErrorKind.RUN_ACCESS_DENIED: Status(grpc.StatusCode.PERMISSION_DENIED, 403),
     ErrorKind.RUN_REPLAY_GONE: Status(grpc.StatusCode.OUT_OF_RANGE, 400),
     ErrorKind.RUN_CANCELLED: Status(grpc.StatusCode.CANCELLED, 499),
+    ErrorKind.ANSWER_INVALID: Status(grpc.StatusCode.FAILED_PRECONDITION, 400),
 }
 
 _INTERNAL: Final = STATUS[ErrorKind.INTERNAL]

@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import time
 
+from google.protobuf import json_format
+
 from rlm_service._gen.rlm.v1 import rlm_pb2
 from rlm_service.budget import Limits, StopReason, Usage
 from rlm_service.errors import status_of
@@ -78,12 +80,16 @@ def limits(lim: Limits) -> rlm_pb2.Limits:
 
 
 def final_answer(f: FinalAnswer) -> rlm_pb2.FinalAnswer:
-    return rlm_pb2.FinalAnswer(
+    message = rlm_pb2.FinalAnswer(
         answer=f.answer, iterations=f.iterations, forced=f.forced,
         usage=[rlm_pb2.ModelUsage(model=m.model, depth=m.depth, usage=usage(m.usage))
                for m in f.usage],
         duration_seconds=f.duration_seconds, stop_reason=_STOP_REASONS[f.stop_reason],
-        total_usage=usage(f.total_usage), request_id=f.request_id)
+        total_usage=usage(f.total_usage), request_id=f.request_id,
+        schema_retries=f.schema_retries)
+    if f.has_value:
+        json_format.ParseDict(f.value, message.value)
+    return message
 
 
 def _kind(recursive: bool) -> rlm_pb2.SubCallKind.ValueType:

@@ -17,6 +17,7 @@ from rlm_service.budget import Limits
 from rlm_service.config import Settings
 from rlm_service.errors import STATUS, status_of
 from rlm_service.models import GenerateOptions, catalog
+from rlm_service.run.answer_schema import AnswerSchema, BadSchema
 from rlm_service.run.engine import Engine, RunSpec
 from rlm_service.run.types import ErrorKind, RequestFailed
 from rlm_service.runs.live import Attachment
@@ -98,6 +99,12 @@ def build_spec(request: rlm_pb2.CompletionRequest, settings: Settings,
         raise InvalidRequest(
             f"detach_grace_seconds must be between 0 and {s.max_detach_grace_seconds:g} "
             "(0 = cancel the run when its stream drops)")
+    schema = None
+    if request.HasField("answer_schema"):
+        try:
+            schema = AnswerSchema(json_format.MessageToDict(request.answer_schema))
+        except BadSchema as exc:
+            raise InvalidRequest(str(exc)) from None
     timeout = request.timeout_seconds or s.default_timeout_seconds
     if deadline_left is not None:
         timeout = min(timeout, max(deadline_left, 0.001))
@@ -120,6 +127,7 @@ def build_spec(request: rlm_pb2.CompletionRequest, settings: Settings,
         sub_options=_check_options(request.sub_options, "sub_options"),
         stream_root_text=request.stream_root_text,
         detach_grace_seconds=grace,
+        answer_schema=schema,
     )
 
 

@@ -95,7 +95,8 @@ async def _execute(req: RequestContext) -> FinalAnswer:
             # The call that crossed the limit also brought the answer.
             return _answered(req, root.result)
         # A budget stop: a final answer with the best partial answer so far.
-        return _final(req, req.partial_answer, root.iteration, True, exceeded.reason)
+        return _final(req, req.partial_answer, root.iteration, True, exceeded.reason,
+                      root.schema_retries)
     finally:
         timer.cancel()
         if not task.done():
@@ -106,14 +107,20 @@ async def _execute(req: RequestContext) -> FinalAnswer:
 
 def _answered(req: RequestContext, result: RunResult) -> FinalAnswer:
     return _final(req, result.answer, result.iterations, result.forced,
-                  StopReason.MAX_ITERATIONS if result.forced else StopReason.ANSWERED)
+                  StopReason.MAX_ITERATIONS if result.forced else StopReason.ANSWERED,
+                  result.schema_retries)
 
 
 def _final(req: RequestContext, answer: str, iterations: int, forced: bool,
-           reason: StopReason) -> FinalAnswer:
+           reason: StopReason, schema_retries: int = 0) -> FinalAnswer:
     metrics.rlm_request_iterations.observe(iterations)
+    schema = req.spec.answer_schema
+    # A forced or partial answer is checked too; it carries a value only if it matches.
+    checked = schema.check(answer) if schema is not None else None
     return FinalAnswer(
         request_id=req.spec.request_id, answer=answer, iterations=iterations, forced=forced,
         stop_reason=reason, usage=req.ledger.model_usage(), total_usage=req.ledger.total,
         duration_seconds=time.monotonic() - req.started,
+        value=checked.value if checked is not None else None,
+        has_value=checked is not None and checked.ok, schema_retries=schema_retries,
     )

@@ -11,6 +11,7 @@ from typing import Any
 
 from rlm_service.budget import Limits, ModelUsage, StopReason, Usage
 from rlm_service.models import GenerateOptions
+from rlm_service.run.answer_schema import AnswerSchema
 
 
 @dataclass(frozen=True)
@@ -28,6 +29,8 @@ class RequestSpec:
     stream_root_text: bool = False
     # Seconds the run outlives a dropped stream (rlm_service/runs/); 0 cancels it.
     detach_grace_seconds: float = 0.0
+    # The JSON Schema the answer must match (rlm_service/run/answer_schema.py).
+    answer_schema: AnswerSchema | None = None
     # The time limit counts from here, the request's arrival: a request that
     # first waits for a slot must still end before the client's deadline.
     received: float = field(default_factory=time.monotonic)
@@ -44,6 +47,7 @@ class RunResult:
     answer: str
     iterations: int
     forced: bool
+    schema_retries: int = 0
 
 
 @dataclass(frozen=True)
@@ -58,6 +62,11 @@ class FinalAnswer:
     usage: list[ModelUsage]
     total_usage: Usage
     duration_seconds: float
+    # With an answer schema: the validated JSON value (has_value says it is set,
+    # since JSON null is a value too) and how many answers were sent back.
+    value: Any = None
+    has_value: bool = False
+    schema_retries: int = 0
 
 
 class ErrorKind(enum.Enum):
@@ -80,6 +89,8 @@ class ErrorKind(enum.Enum):
     RUN_ACCESS_DENIED = "run_access_denied"
     RUN_REPLAY_GONE = "run_replay_gone"
     RUN_CANCELLED = "run_cancelled"
+    # The model's answer never matched answer_schema within the retries.
+    ANSWER_INVALID = "answer_invalid"
 
 
 class RequestFailed(Exception):

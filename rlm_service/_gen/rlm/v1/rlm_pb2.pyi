@@ -151,6 +151,7 @@ class CompletionRequest(_message.Message):
     ROOT_OPTIONS_FIELD_NUMBER: _builtins.int
     SUB_OPTIONS_FIELD_NUMBER: _builtins.int
     DETACH_GRACE_SECONDS_FIELD_NUMBER: _builtins.int
+    ANSWER_SCHEMA_FIELD_NUMBER: _builtins.int
     prompt: _builtins.str
     """The question or instruction. Required."""
     max_iterations: _builtins.int
@@ -186,6 +187,12 @@ class CompletionRequest(_message.Message):
     def root_options(self) -> Global___ModelOptions: ...
     @_builtins.property
     def sub_options(self) -> Global___ModelOptions: ...
+    @_builtins.property
+    def answer_schema(self) -> _struct_pb2.Struct:
+        """A JSON Schema the answer must match. The model is told it; its final value
+        is validated (retried on a mismatch) and returned in FinalAnswer.value.
+        """
+
     def __init__(
         self,
         *,
@@ -203,10 +210,11 @@ class CompletionRequest(_message.Message):
         root_options: Global___ModelOptions | None = ...,
         sub_options: Global___ModelOptions | None = ...,
         detach_grace_seconds: _builtins.float = ...,
+        answer_schema: _struct_pb2.Struct | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["context", b"context", "root_options", b"root_options", "sub_options", b"sub_options"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["answer_schema", b"answer_schema", "context", b"context", "root_options", b"root_options", "sub_options", b"sub_options"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["context", b"context", "detach_grace_seconds", b"detach_grace_seconds", "max_cost_usd", b"max_cost_usd", "max_depth", b"max_depth", "max_iterations", b"max_iterations", "max_llm_calls", b"max_llm_calls", "max_total_tokens", b"max_total_tokens", "prompt", b"prompt", "root_model", b"root_model", "root_options", b"root_options", "stream_root_text", b"stream_root_text", "sub_model", b"sub_model", "sub_options", b"sub_options", "timeout_seconds", b"timeout_seconds"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["answer_schema", b"answer_schema", "context", b"context", "detach_grace_seconds", b"detach_grace_seconds", "max_cost_usd", b"max_cost_usd", "max_depth", b"max_depth", "max_iterations", b"max_iterations", "max_llm_calls", b"max_llm_calls", "max_total_tokens", b"max_total_tokens", "prompt", b"prompt", "root_model", b"root_model", "root_options", b"root_options", "stream_root_text", b"stream_root_text", "sub_model", b"sub_model", "sub_options", b"sub_options", "timeout_seconds", b"timeout_seconds"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -648,6 +656,8 @@ class FinalAnswer(_message.Message):
     STOP_REASON_FIELD_NUMBER: _builtins.int
     TOTAL_USAGE_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
+    VALUE_FIELD_NUMBER: _builtins.int
+    SCHEMA_RETRIES_FIELD_NUMBER: _builtins.int
     answer: _builtins.str
     iterations: _builtins.int
     duration_seconds: _builtins.float
@@ -657,10 +667,19 @@ class FinalAnswer(_message.Message):
     """
     stop_reason: Global___StopReason.ValueType
     request_id: _builtins.str
+    schema_retries: _builtins.int
+    """Answers the model gave that failed the schema and were sent back to it."""
     @_builtins.property
     def usage(self) -> _containers.RepeatedCompositeFieldContainer[Global___ModelUsage]: ...
     @_builtins.property
     def total_usage(self) -> Global___Usage: ...
+    @_builtins.property
+    def value(self) -> _struct_pb2.Value:
+        """--- issue 15 (field numbers from 40 up) ---
+        With answer_schema: the answer as a JSON value that matches it. Unset when
+        the request had no schema, or a forced/partial answer did not match.
+        """
+
     def __init__(
         self,
         *,
@@ -672,10 +691,12 @@ class FinalAnswer(_message.Message):
         stop_reason: Global___StopReason.ValueType = ...,
         total_usage: Global___Usage | None = ...,
         request_id: _builtins.str = ...,
+        value: _struct_pb2.Value | None = ...,
+        schema_retries: _builtins.int = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["total_usage", b"total_usage"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["total_usage", b"total_usage", "value", b"value"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["answer", b"answer", "duration_seconds", b"duration_seconds", "forced", b"forced", "iterations", b"iterations", "request_id", b"request_id", "stop_reason", b"stop_reason", "total_usage", b"total_usage", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["answer", b"answer", "duration_seconds", b"duration_seconds", "forced", b"forced", "iterations", b"iterations", "request_id", b"request_id", "schema_retries", b"schema_retries", "stop_reason", b"stop_reason", "total_usage", b"total_usage", "usage", b"usage", "value", b"value"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
