@@ -43,8 +43,7 @@ class EventSink:
         self._queue.put_nowait(rlm_pb2.CompletionEvent(final_answer=final_answer(final)))
 
     def error(self, failure: RequestFailed) -> None:
-        self._queue.put_nowait(rlm_pb2.CompletionEvent(error=rlm_pb2.RunError(
-            code=status_of(failure).grpc.name, message=failure.message)))
+        self._queue.put_nowait(error_event(failure))
 
     def close(self) -> None:
         self._queue.put_nowait(None)
@@ -64,6 +63,15 @@ class EventSink:
         event.seq = self._seq
         event.time.GetCurrentTime()
         return event
+
+
+def error_event(failure: RequestFailed, seq: int = 0) -> rlm_pb2.CompletionEvent:
+    """The event that ends a failed request; rlm_service/runs/ numbers its own."""
+    event = rlm_pb2.CompletionEvent(seq=seq, error=rlm_pb2.RunError(
+        code=status_of(failure).grpc.name, message=failure.message))
+    if seq:
+        event.time.GetCurrentTime()
+    return event
 
 
 def usage(u: Usage) -> rlm_pb2.Usage:

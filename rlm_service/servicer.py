@@ -6,7 +6,7 @@ import asyncio
 import logging
 import math
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import grpc
@@ -153,10 +153,12 @@ class RLMServicer(RunControl, rlm_pb2_grpc.RLMServiceServicer):
         """The request-slot queue, shared with the HTTP face."""
         return self._slots
 
-    def stream(self, spec: RunSpec) -> Attachment:
-        """Starts a request and attaches to its stream, for either face."""
+    def stream(self, spec: RunSpec,
+               observe: Callable[[rlm_pb2.CompletionEvent], None] | None = None) -> Attachment:
+        """Starts a request and attaches to its stream, for either face; ``observe``
+        sees each event as the run emits it, attached or not."""
         return self.runs.start(
-            RequestStream(self.engine, self.settings, self._slots, spec)).attach(0)
+            RequestStream(self.engine, self.settings, self._slots, spec, observe)).attach(0)
 
     async def _events(self, spec: RunSpec,
                       context: Context) -> AsyncIterator[rlm_pb2.CompletionEvent]:

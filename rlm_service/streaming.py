@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 
 from rlm_service._gen.rlm.v1 import rlm_pb2
 from rlm_service.config import Settings
@@ -27,8 +27,11 @@ class RequestStream:
     (None when it ended with a final answer)."""
 
     def __init__(self, engine: Engine, settings: Settings, slots: asyncio.Semaphore,
-                 spec: RequestSpec) -> None:
+                 spec: RequestSpec,
+                 observe: Callable[[rlm_pb2.CompletionEvent], None] | None = None) -> None:
         self.engine = engine
+        # Sees every event as it goes out (the HTTP face books an API key's spend).
+        self.observe = observe
         self.settings = settings
         self.slots = slots
         self.spec = spec
@@ -80,6 +83,8 @@ class RequestStream:
             task = asyncio.create_task(self._complete(sink))
             try:
                 while (event := await sink.next(self.settings.heartbeat_seconds)) is not None:
+                    if self.observe is not None:
+                        self.observe(event)
                     yield event
             except (asyncio.CancelledError, GeneratorExit):
                 # GeneratorExit: the interceptor closes this generator when the cancel

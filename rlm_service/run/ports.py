@@ -13,6 +13,7 @@ from rlm_service.models import TokenUsage
 from rlm_service.repl import ExecResult
 
 if TYPE_CHECKING:
+    from rlm_service.repl import ReplPool, ReplProcess
     from rlm_service.run.loop import Run
 
 
@@ -61,3 +62,9 @@ class Pricing(Protocol):
     def cost_usd(self, model: str, usage: TokenUsage) -> float: ...
 
     def input_limit(self, model: str) -> int: ...
+
+
+if TYPE_CHECKING:
+    # mypy proves here that the sandboxed pool and process fit these interfaces.
+    def _sandboxed(pool: ReplPool) -> ReplProvider[ReplProcess]:
+        return pool

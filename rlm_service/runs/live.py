@@ -16,7 +16,7 @@ from collections import deque
 from collections.abc import AsyncGenerator, Callable
 
 from rlm_service._gen.rlm.v1 import rlm_pb2
-from rlm_service.errors import status_of
+from rlm_service.event_sink import error_event
 from rlm_service.run.types import ErrorKind, RequestFailed
 from rlm_service.streaming import RequestStream
 
@@ -154,10 +154,7 @@ class LiveRun:
             self.state = RunState.CANCELLED
             self.failure = RequestFailed(ErrorKind.RUN_CANCELLED,
                                          self._cancel_reason or "the run was cancelled")
-            error = rlm_pb2.CompletionEvent(seq=self.last_seq + 1, error=rlm_pb2.RunError(
-                code=status_of(self.failure).grpc.name, message=self.failure.message))
-            error.time.GetCurrentTime()
-            self._push(error)
+            self._push(error_event(self.failure, self.last_seq + 1))
         finally:
             if self._timer is not None:
                 self._timer.cancel()

@@ -59,3 +59,12 @@ async def test_closing_the_stream_early_cancels_the_request(harness: Harness) ->
                 break
     assert not engine.active
     assert harness.pool.live == 0
+
+
+async def test_an_observer_sees_every_event(harness: Harness) -> None:
+    harness.model.root.append("FINAL(seen)")
+    seen: list[int] = []
+    stream = RequestStream(harness.engine(), harness.settings, asyncio.Semaphore(1),
+                           harness.spec(), observe=lambda e: seen.append(e.seq))
+    events = await events_of(harness, stream)
+    assert seen == [e.seq for e in events] and len(seen) >= 3

@@ -1,6 +1,7 @@
 """An in-memory REPL for unit tests of the run loop: the same interface as the
 sandboxed ReplProcess (rlm_service.run.ports.Repl), with model code run by exec()
-in a thread of this process. A test seam only: it isolates nothing.
+in a thread of this process. A test seam only: it isolates nothing and does not
+enforce block timeouts (a thread cannot be interrupted).
 
 Sub-calls take the real path minus the socket: the secret finds the run in the
 CallbackRegistry, and rlm_service.run.subcalls does the rest. ``CRASH()`` in a
