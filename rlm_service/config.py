@@ -81,6 +81,9 @@ class Settings(BaseSettings):
     run_retention_seconds: float = Field(300.0, ge=0)
     # Structured answers (rlm_service/run/answer_schema.py).
     answer_schema_max_retries: int = Field(2, ge=0, le=20)
+    # Sessions (rlm_service/sessions/): each holds a sandboxed REPL while open.
+    max_sessions: int = Field(100, ge=0)
+    session_idle_ttl_seconds: float = Field(900.0, gt=0)
 
     # --- sandbox ------------------------------------------------------------
     # Comma-separated sandbox layers the service may run without, or "all".

@@ -23,6 +23,8 @@ from rlm_service.run.types import ErrorKind, RequestFailed
 from rlm_service.runs.live import Attachment
 from rlm_service.runs.registry import RunRegistry
 from rlm_service.runs.rpc import RunControl
+from rlm_service.sessions.rpc import SessionControl
+from rlm_service.sessions.store import SessionStore
 from rlm_service.streaming import RequestStream
 
 log = logging.getLogger(__name__)
@@ -50,7 +52,7 @@ def _check_options(opts: rlm_pb2.ModelOptions, which: str) -> GenerateOptions:
 
 
 def build_spec(request: rlm_pb2.CompletionRequest, settings: Settings,
-               deadline_left: float | None) -> RunSpec:
+               deadline_left: float | None, sessions: SessionStore | None = None) -> RunSpec:
     """Turns a request into a RunSpec or raises InvalidRequest with an actionable message."""
     prompt = request.prompt
     if not prompt.strip():
@@ -105,6 +107,11 @@ def build_spec(request: rlm_pb2.CompletionRequest, settings: Settings,
             schema = AnswerSchema(json_format.MessageToDict(request.answer_schema))
         except BadSchema as exc:
             raise InvalidRequest(str(exc)) from None
+    session = None
+    if request.session_id or request.session_token:
+        if sessions is None:
+            raise InvalidRequest("sessions are not available on this face")
+        session = sessions.get(request.session_id, request.session_token)
     timeout = request.timeout_seconds or s.default_timeout_seconds
     if deadline_left is not None:
         timeout = min(timeout, max(deadline_left, 0.001))
@@ -128,23 +135,25 @@ def build_spec(request: rlm_pb2.CompletionRequest, settings: Settings,
         stream_root_text=request.stream_root_text,
         detach_grace_seconds=grace,
         answer_schema=schema,
+        session=session,
     )
 
 
-class RLMServicer(RunControl, rlm_pb2_grpc.RLMServiceServicer):
+class RLMServicer(RunControl, SessionControl, rlm_pb2_grpc.RLMServiceServicer):
     def __init__(self, engine: Engine, settings: Settings) -> None:
         self.engine = engine
         self.settings = settings
         self.accepting = True
         self._slots = asyncio.Semaphore(settings.max_concurrent_runs)
         self.runs = RunRegistry(engine, settings)
+        self.sessions = SessionStore(settings, engine.services.repls)
 
     async def _spec(self, request: rlm_pb2.CompletionRequest, context: Context) -> RunSpec:
         if not self.accepting:
             await context.abort(STATUS[ErrorKind.SHUTTING_DOWN].grpc, SHUTTING_DOWN)
         try:
-            return build_spec(request, self.settings, context.time_remaining())
-        except InvalidRequest as exc:
+            return build_spec(request, self.settings, context.time_remaining(), self.sessions)
+        except RequestFailed as exc:
             await context.abort(status_of(exc).grpc, exc.message)
             raise AssertionError("unreachable") from exc
 

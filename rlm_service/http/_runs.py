@@ -18,10 +18,11 @@ class ShuttingDown(RequestFailed):
 
 
 def spec_for(servicer: RLMServicer, request: rlm_pb2.CompletionRequest) -> RunSpec:
-    """Raises servicer.InvalidRequest for bad input, ShuttingDown while draining."""
+    """Raises servicer.InvalidRequest for bad input, ShuttingDown while draining,
+    RequestFailed for an unknown, foreign or busy session."""
     if not servicer.accepting:
         raise ShuttingDown()
-    return build_spec(request, servicer.settings, None)
+    return build_spec(request, servicer.settings, None, servicer.sessions)
 
 
 def run_events(servicer: RLMServicer, spec: RunSpec) -> Attachment:

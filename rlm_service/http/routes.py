@@ -12,6 +12,7 @@ from rlm_service._gen.rlm.v1 import rlm_pb2
 from rlm_service.http import sse
 from rlm_service.http._runs import ShuttingDown, run_events, spec_for
 from rlm_service.http.errors import error_response, status_for
+from rlm_service.run.types import RequestFailed
 from rlm_service.servicer import InvalidRequest, RLMServicer
 
 SERVICER: web.AppKey[RLMServicer] = web.AppKey("servicer", RLMServicer)
@@ -63,7 +64,7 @@ async def _spec(request: web.Request) -> Any:
         return spec_for(servicer, await _read_request(request))
     except BadBody as exc:
         return error_response(400, str(exc))
-    except (InvalidRequest, ShuttingDown) as exc:
+    except (InvalidRequest, ShuttingDown, RequestFailed) as exc:
         return error_response(status_for(exc), str(exc))
 
 

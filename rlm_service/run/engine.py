@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import time
 from typing import Any
 
@@ -42,7 +43,15 @@ class Engine:
 
     async def complete(self, spec: RequestSpec, emit: Emit) -> FinalAnswer:
         """Runs one request to its final answer. Raises RequestFailed or CancelledError."""
-        req = RequestContext(self.services, spec, emit)
+        if spec.session is None:
+            return await self._complete(spec, emit, self.services)
+        # In a session the root run keeps the session's REPL (rlm_service/sessions/).
+        async with spec.session.turn():
+            return await self._complete(spec, emit, dataclasses.replace(
+                self.services, repls=spec.session.repls(self.services.repls)))
+
+    async def _complete(self, spec: RequestSpec, emit: Emit, services: Services) -> FinalAnswer:
+        req = RequestContext(services, spec, emit)
         self.active.add(req)
         self._idle.clear()
         metrics.rlm_active_requests.inc()

@@ -120,6 +120,8 @@ class Run:
         if self.depth == 0 and spec.answer_schema is not None:
             first += "\n\n" + answer_schema.instructions(spec.answer_schema)
         messages = [Message("user", first)]
+        if self.depth == 0 and spec.session is not None:
+            messages = spec.session.begin_turn(messages[0])
         options = spec.root_options if self.depth == 0 else spec.sub_options
         options = dataclasses.replace(options, system_prompt=prompts.SYSTEM_PROMPT)
         while self.iteration < spec.limits.max_iterations:

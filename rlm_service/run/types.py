@@ -7,11 +7,14 @@ from __future__ import annotations
 import enum
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rlm_service.budget import Limits, ModelUsage, StopReason, Usage
 from rlm_service.models import GenerateOptions
 from rlm_service.run.answer_schema import AnswerSchema
+
+if TYPE_CHECKING:
+    from rlm_service.sessions.store import Session
 
 
 @dataclass(frozen=True)
@@ -31,6 +34,8 @@ class RequestSpec:
     detach_grace_seconds: float = 0.0
     # The JSON Schema the answer must match (rlm_service/run/answer_schema.py).
     answer_schema: AnswerSchema | None = None
+    # The session the request runs in (rlm_service/sessions/): its REPL and history.
+    session: Session | None = None
     # The time limit counts from here, the request's arrival: a request that
     # first waits for a slot must still end before the client's deadline.
     received: float = field(default_factory=time.monotonic)
@@ -91,6 +96,11 @@ class ErrorKind(enum.Enum):
     RUN_CANCELLED = "run_cancelled"
     # The model's answer never matched answer_schema within the retries.
     ANSWER_INVALID = "answer_invalid"
+    # Sessions (rlm_service/sessions/).
+    SESSION_NOT_FOUND = "session_not_found"
+    SESSION_ACCESS_DENIED = "session_access_denied"
+    SESSION_BUSY = "session_busy"
+    SESSION_LIMIT = "session_limit"
 
 
 class RequestFailed(Exception):

@@ -152,6 +152,8 @@ class CompletionRequest(_message.Message):
     SUB_OPTIONS_FIELD_NUMBER: _builtins.int
     DETACH_GRACE_SECONDS_FIELD_NUMBER: _builtins.int
     ANSWER_SCHEMA_FIELD_NUMBER: _builtins.int
+    SESSION_ID_FIELD_NUMBER: _builtins.int
+    SESSION_TOKEN_FIELD_NUMBER: _builtins.int
     prompt: _builtins.str
     """The question or instruction. Required."""
     max_iterations: _builtins.int
@@ -177,6 +179,9 @@ class CompletionRequest(_message.Message):
     Seconds a run keeps going after its stream drops, for WatchRun to pick it
     up. 0 (default) cancels the run when the stream ends early.
     """
+    session_id: _builtins.str
+    """Run inside this session (CreateSession); both fields are required together."""
+    session_token: _builtins.str
     @_builtins.property
     def context(self) -> _struct_pb2.Value:
         """The data the model works over: a string, list or object. It is loaded
@@ -211,10 +216,12 @@ class CompletionRequest(_message.Message):
         sub_options: Global___ModelOptions | None = ...,
         detach_grace_seconds: _builtins.float = ...,
         answer_schema: _struct_pb2.Struct | None = ...,
+        session_id: _builtins.str = ...,
+        session_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["answer_schema", b"answer_schema", "context", b"context", "root_options", b"root_options", "sub_options", b"sub_options"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["answer_schema", b"answer_schema", "context", b"context", "detach_grace_seconds", b"detach_grace_seconds", "max_cost_usd", b"max_cost_usd", "max_depth", b"max_depth", "max_iterations", b"max_iterations", "max_llm_calls", b"max_llm_calls", "max_total_tokens", b"max_total_tokens", "prompt", b"prompt", "root_model", b"root_model", "root_options", b"root_options", "stream_root_text", b"stream_root_text", "sub_model", b"sub_model", "sub_options", b"sub_options", "timeout_seconds", b"timeout_seconds"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["answer_schema", b"answer_schema", "context", b"context", "detach_grace_seconds", b"detach_grace_seconds", "max_cost_usd", b"max_cost_usd", "max_depth", b"max_depth", "max_iterations", b"max_iterations", "max_llm_calls", b"max_llm_calls", "max_total_tokens", b"max_total_tokens", "prompt", b"prompt", "root_model", b"root_model", "root_options", b"root_options", "session_id", b"session_id", "session_token", b"session_token", "stream_root_text", b"stream_root_text", "sub_model", b"sub_model", "sub_options", b"sub_options", "timeout_seconds", b"timeout_seconds"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -922,3 +929,77 @@ class RunInfo(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RunInfo: _TypeAlias = RunInfo  # noqa: Y015
+
+@_typing.final
+class CreateSessionRequest(_message.Message):
+    """--- sessions (issue 15) ---"""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateSessionRequest: _TypeAlias = CreateSessionRequest  # noqa: Y015
+
+@_typing.final
+class SessionRef(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SESSION_ID_FIELD_NUMBER: _builtins.int
+    SESSION_TOKEN_FIELD_NUMBER: _builtins.int
+    session_id: _builtins.str
+    session_token: _builtins.str
+    """SessionInfo.session_token from CreateSession."""
+    def __init__(
+        self,
+        *,
+        session_id: _builtins.str = ...,
+        session_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["session_id", b"session_id", "session_token", b"session_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SessionRef: _TypeAlias = SessionRef  # noqa: Y015
+
+@_typing.final
+class SessionInfo(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SESSION_ID_FIELD_NUMBER: _builtins.int
+    SESSION_TOKEN_FIELD_NUMBER: _builtins.int
+    TURNS_FIELD_NUMBER: _builtins.int
+    IDLE_TTL_SECONDS_FIELD_NUMBER: _builtins.int
+    CLOSED_FIELD_NUMBER: _builtins.int
+    session_id: _builtins.str
+    session_token: _builtins.str
+    """The secret every request on the session must carry; only in CreateSession's reply."""
+    turns: _builtins.int
+    """Requests run on the session so far."""
+    idle_ttl_seconds: _builtins.float
+    """The session ends after this long without a request."""
+    closed: _builtins.bool
+    def __init__(
+        self,
+        *,
+        session_id: _builtins.str = ...,
+        session_token: _builtins.str = ...,
+        turns: _builtins.int = ...,
+        idle_ttl_seconds: _builtins.float = ...,
+        closed: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["closed", b"closed", "idle_ttl_seconds", b"idle_ttl_seconds", "session_id", b"session_id", "session_token", b"session_token", "turns", b"turns"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SessionInfo: _TypeAlias = SessionInfo  # noqa: Y015

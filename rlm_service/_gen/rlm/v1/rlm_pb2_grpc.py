@@ -62,6 +62,16 @@ class RLMServiceStub:
                 request_serializer=rlm_dot_v1_dot_rlm__pb2.RunRef.SerializeToString,
                 response_deserializer=rlm_dot_v1_dot_rlm__pb2.RunInfo.FromString,
                 _registered_method=True)
+        self.CreateSession = channel.unary_unary(
+                '/rlm.v1.RLMService/CreateSession',
+                request_serializer=rlm_dot_v1_dot_rlm__pb2.CreateSessionRequest.SerializeToString,
+                response_deserializer=rlm_dot_v1_dot_rlm__pb2.SessionInfo.FromString,
+                _registered_method=True)
+        self.CloseSession = channel.unary_unary(
+                '/rlm.v1.RLMService/CloseSession',
+                request_serializer=rlm_dot_v1_dot_rlm__pb2.SessionRef.SerializeToString,
+                response_deserializer=rlm_dot_v1_dot_rlm__pb2.SessionInfo.FromString,
+                _registered_method=True)
 
 
 class RLMServiceServicer:
@@ -107,6 +117,22 @@ class RLMServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateSession(self, request, context):
+        """--- sessions (issue 15) ---
+        CreateSession starts a session: requests that name it share one REPL
+        (variables, imports, functions), the root history and the contexts.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CloseSession(self, request, context):
+        """CloseSession ends a session and destroys its REPL.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RLMServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -134,6 +160,16 @@ def add_RLMServiceServicer_to_server(servicer, server):
                     servicer.GetRun,
                     request_deserializer=rlm_dot_v1_dot_rlm__pb2.RunRef.FromString,
                     response_serializer=rlm_dot_v1_dot_rlm__pb2.RunInfo.SerializeToString,
+            ),
+            'CreateSession': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateSession,
+                    request_deserializer=rlm_dot_v1_dot_rlm__pb2.CreateSessionRequest.FromString,
+                    response_serializer=rlm_dot_v1_dot_rlm__pb2.SessionInfo.SerializeToString,
+            ),
+            'CloseSession': grpc.unary_unary_rpc_method_handler(
+                    servicer.CloseSession,
+                    request_deserializer=rlm_dot_v1_dot_rlm__pb2.SessionRef.FromString,
+                    response_serializer=rlm_dot_v1_dot_rlm__pb2.SessionInfo.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -274,6 +310,60 @@ class RLMService:
             '/rlm.v1.RLMService/GetRun',
             rlm_dot_v1_dot_rlm__pb2.RunRef.SerializeToString,
             rlm_dot_v1_dot_rlm__pb2.RunInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateSession(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/rlm.v1.RLMService/CreateSession',
+            rlm_dot_v1_dot_rlm__pb2.CreateSessionRequest.SerializeToString,
+            rlm_dot_v1_dot_rlm__pb2.SessionInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CloseSession(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/rlm.v1.RLMService/CloseSession',
+            rlm_dot_v1_dot_rlm__pb2.SessionRef.SerializeToString,
+            rlm_dot_v1_dot_rlm__pb2.SessionInfo.FromString,
             options,
             channel_credentials,
             insecure,
