@@ -78,6 +78,7 @@ class Settings(BaseSettings):
     # --- runs that outlive their connection (rlm_service/runs/) ----------------
     max_detach_grace_seconds: float = Field(600.0, ge=0)
     run_replay_events: int = Field(10_000, ge=10)
+    run_replay_max_mb: int = Field(64, ge=1)
     run_retention_seconds: float = Field(300.0, ge=0)
     # Structured answers (rlm_service/run/answer_schema.py).
     answer_schema_max_retries: int = Field(2, ge=0, le=20)

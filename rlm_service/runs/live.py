@@ -35,7 +35,8 @@ class LiveRun:
     """A running (or recently finished) request that watchers attach to by seq."""
 
     def __init__(self, stream: RequestStream, token: str, *, grace: float,
-                 buffer_events: int, on_done: Callable[[LiveRun], None]) -> None:
+                 buffer_events: int, buffer_bytes: int,
+                 on_done: Callable[[LiveRun], None]) -> None:
         self.run_id = stream.spec.request_id
         self.token = token
         self.grace = grace
@@ -43,7 +44,11 @@ class LiveRun:
         self.failure: RequestFailed | None = None
         self.last_seq = 0
         self.total_usage: rlm_pb2.Usage | None = None
-        self._buffer: deque[rlm_pb2.CompletionEvent] = deque(maxlen=buffer_events)
+        # A run that dies with its stream needs no replay: nothing is kept for it.
+        self._buffer: deque[rlm_pb2.CompletionEvent] = deque(
+            maxlen=buffer_events if grace > 0 else 0)
+        self._buffer_bytes = buffer_bytes
+        self._buffered = 0
         self._watchers: set[asyncio.Queue[rlm_pb2.CompletionEvent | None]] = set()
         self._expires_at: float | None = None
         self._timer: asyncio.TimerHandle | None = None
@@ -135,9 +140,21 @@ class LiveRun:
     def _push(self, event: rlm_pb2.CompletionEvent | None) -> None:
         if event is not None:
             self.last_seq = event.seq
-            self._buffer.append(event)
+            self._keep(event)
         for queue in self._watchers:
             queue.put_nowait(event)
+
+    def _keep(self, event: rlm_pb2.CompletionEvent) -> None:
+        """Buffers the event for replay, dropping the oldest past the count or size cap."""
+        maxlen = self._buffer.maxlen or 0
+        if maxlen == 0:
+            return
+        if len(self._buffer) == maxlen:
+            self._buffered -= self._buffer[0].ByteSize()
+        self._buffer.append(event)
+        self._buffered += event.ByteSize()
+        while self._buffered > self._buffer_bytes and len(self._buffer) > 1:
+            self._buffered -= self._buffer.popleft().ByteSize()
 
     async def _run(self) -> None:
         try:

@@ -31,7 +31,8 @@ class RunRegistry:
         """Starts the request now; attach to it for its events."""
         live = LiveRun(stream, secrets.token_urlsafe(24),
                        grace=stream.spec.detach_grace_seconds,
-                       buffer_events=self.settings.run_replay_events, on_done=self._done)
+                       buffer_events=self.settings.run_replay_events,
+                       buffer_bytes=self.settings.run_replay_max_mb << 20, on_done=self._done)
         self._runs[live.run_id] = live
         return live
 
