@@ -84,6 +84,9 @@ class Settings(BaseSettings):
     answer_schema_max_retries: int = Field(2, ge=0, le=20)
     # Sessions (rlm_service/sessions/): each holds a sandboxed REPL while open.
     max_sessions: int = Field(100, ge=0)
+    # Compaction (rlm_service/run/compaction.py): share of the root model's input
+    # limit at which older turns are summarised; 0 = off (trimming only).
+    compaction_threshold: float = Field(0.0, ge=0, le=1)
     session_idle_ttl_seconds: float = Field(900.0, gt=0)
 
     # --- sandbox ------------------------------------------------------------

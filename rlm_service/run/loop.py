@@ -15,6 +15,7 @@ from rlm_service.models import GenerateOptions, Message
 from rlm_service.models.catalog import estimate_tokens
 from rlm_service.repl import ReplError
 from rlm_service.run import answer_schema, events, parsing, prompts
+from rlm_service.run.compaction import Compactor
 from rlm_service.run.context import ModelCall, ModelCallFailed, RequestContext
 from rlm_service.run.history import fit_history
 from rlm_service.run.ports import Repl
@@ -44,6 +45,7 @@ class Run:
     result: RunResult | None = None
     # Answers sent back for not matching the request's answer_schema (depth 0).
     schema_retries: int = 0
+    compactor: Compactor = field(default_factory=Compactor)
     _inflight: set[asyncio.Task[Any]] = field(default_factory=set)
     _context: contextvars.Context = field(default_factory=contextvars.copy_context)
 
@@ -185,6 +187,7 @@ class Run:
             def on_delta(text: str) -> None:
                 self.req.emit(events.RootTextDelta(iteration, text, self.depth, self.call_id))
 
+        await self.compactor.maybe_compact(self, messages, options)
         trimmed = fit_history(messages, self.req.services.pricing.input_limit(self.model),
                               estimate_tokens)
         if trimmed:
