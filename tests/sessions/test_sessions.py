@@ -9,7 +9,7 @@ import asyncio
 import grpc
 import pytest
 
-from rlm_client import make_request
+from rlm_client import AsyncRLMClient, make_request
 from rlm_service._gen.rlm.v1 import rlm_pb2, rlm_pb2_grpc
 from tests.conftest import final_of, of_kind, repl, sandbox_pids
 from tests.fakes.gemini import FakeGemini
@@ -123,3 +123,16 @@ async def test_concurrent_use_is_refused(server, fake_gemini: FakeGemini) -> Non
         events = await first
         assert final_of(events).answer == "first"
         assert not of_kind(events, "error")
+
+
+async def test_through_the_python_client(server, fake_gemini: FakeGemini) -> None:
+    fake_gemini.script("MARK-SESS-CLIENT", [repl("total = len(context)\nFINAL('a')"),
+                                            repl("total += len(context)\nFINAL(str(total))")])
+    async with AsyncRLMClient(f"127.0.0.1:{server.port}") as client:
+        session = await client.create_session()
+        ids = {"session_id": session.session_id, "session_token": session.session_token}
+        first = await client.complete("MARK-SESS-CLIENT go", "abc", **ids)
+        second = await client.complete("again", "de", **ids)
+        info = await client.close_session(session)
+    assert (first.answer, second.answer) == ("a", "5")
+    assert info.turns == 2 and info.closed

@@ -81,6 +81,17 @@ class RLMClient:
             make_request(prompt, context, **fields), timeout=timeout)
         return response
 
+    def create_session(self) -> rlm_pb2.SessionInfo:
+        """A session; pass ``session_id=info.session_id, session_token=info.session_token``
+        to stream()/complete() to run in it."""
+        info: rlm_pb2.SessionInfo = self._stub.CreateSession(rlm_pb2.CreateSessionRequest())
+        return info
+
+    def close_session(self, session: rlm_pb2.SessionInfo) -> rlm_pb2.SessionInfo:
+        info: rlm_pb2.SessionInfo = self._stub.CloseSession(rlm_pb2.SessionRef(
+            session_id=session.session_id, session_token=session.session_token))
+        return info
+
     def close(self) -> None:
         self._channel.close()
 
@@ -129,6 +140,16 @@ class AsyncRLMClient:
         response: rlm_pb2.CompletionResponse = await self._stub.Complete(
             make_request(prompt, context, **fields), timeout=timeout)
         return response
+
+    async def create_session(self) -> rlm_pb2.SessionInfo:
+        info: rlm_pb2.SessionInfo = await self._stub.CreateSession(
+            rlm_pb2.CreateSessionRequest())
+        return info
+
+    async def close_session(self, session: rlm_pb2.SessionInfo) -> rlm_pb2.SessionInfo:
+        info: rlm_pb2.SessionInfo = await self._stub.CloseSession(rlm_pb2.SessionRef(
+            session_id=session.session_id, session_token=session.session_token))
+        return info
 
     async def close(self) -> None:
         await self._channel.close(None)
