@@ -123,6 +123,8 @@ def build_spec(request: rlm_pb2.CompletionRequest, settings: Settings,
         max_cost_usd=request.max_cost_usd,
         timeout_seconds=timeout,
     )
+    if session is not None:
+        limits = session.limits_for(limits)
     return RunSpec(
         request_id=uuid.uuid4().hex,
         prompt=prompt,

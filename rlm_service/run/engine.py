@@ -65,6 +65,8 @@ class Engine:
             outcome = "shutdown" if req.shutdown_reason else "cancelled"
             raise
         finally:
+            if spec.session is not None:
+                spec.session.usage += req.ledger.total
             self.active.discard(req)
             if not self.active:
                 self._idle.set()

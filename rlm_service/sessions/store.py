@@ -13,8 +13,10 @@ import secrets
 import time
 import uuid
 from collections.abc import AsyncIterator
+from dataclasses import dataclass, replace
 from typing import Any
 
+from rlm_service.budget import Limits, Usage
 from rlm_service.config import Settings
 from rlm_service.models import Message
 from rlm_service.run.ports import ReplProvider
@@ -24,8 +26,19 @@ from rlm_service.sessions.repl import SessionRepl, SessionRepls
 log = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class SessionBudget:
+    """Caps on a whole session (0 = no cap)."""
+
+    max_llm_calls: int = 0
+    max_total_tokens: int = 0
+    max_cost_usd: float = 0.0
+
+
 class Session:
-    def __init__(self, store: SessionStore, ttl: float) -> None:
+    def __init__(self, store: SessionStore, ttl: float, budget: SessionBudget) -> None:
+        self.budget = budget
+        self.usage = Usage()
         self.session_id = uuid.uuid4().hex
         self.token = secrets.token_urlsafe(24)
         self.ttl = ttl
@@ -36,6 +49,29 @@ class Session:
         self.repl: SessionRepl | None = None
         self.last_used = time.monotonic()
         self._store = store
+
+    def limits_for(self, limits: Limits) -> Limits:
+        """A request's limits, lowered to what is left of the session's budget;
+        RequestFailed when nothing is left."""
+        b, u = self.budget, self.usage
+        left: dict[str, float] = {}
+        if b.max_llm_calls:
+            left["max_llm_calls"] = b.max_llm_calls - u.calls
+        if b.max_total_tokens:
+            left["max_total_tokens"] = b.max_total_tokens - u.total_tokens
+        if b.max_cost_usd:
+            left["max_cost_usd"] = b.max_cost_usd - u.cost_usd
+        spent = [name for name, value in left.items() if value <= 0]
+        if spent:
+            raise RequestFailed(ErrorKind.SESSION_LIMIT,
+                                f"session {self.session_id} has used up its {spent[0]} budget; "
+                                "create a new session")
+        changes: dict[str, Any] = {}
+        for name, value in left.items():
+            mine = getattr(limits, name)
+            capped = min(mine, value) if mine else value
+            changes[name] = int(capped) if name != "max_cost_usd" else float(capped)
+        return replace(limits, **changes)
 
     def repls(self, pool: ReplProvider[Any]) -> SessionRepls:
         return SessionRepls(self, pool)
@@ -79,12 +115,13 @@ class SessionStore:
         self._sessions: dict[str, Session] = {}
         self._timers: dict[str, asyncio.TimerHandle] = {}
 
-    def create(self) -> Session:
+    def create(self, budget: SessionBudget | None = None) -> Session:
         if len(self._sessions) >= self.settings.max_sessions:
             raise RequestFailed(ErrorKind.SESSION_LIMIT,
                                 f"this instance holds its limit of {self.settings.max_sessions} "
                                 "sessions; close one or retry later")
-        session = Session(self, self.settings.session_idle_ttl_seconds)
+        session = Session(self, self.settings.session_idle_ttl_seconds,
+                          budget or SessionBudget())
         self._sessions[session.session_id] = session
         self.touch(session)
         return session

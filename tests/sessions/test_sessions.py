@@ -136,3 +136,27 @@ async def test_through_the_python_client(server, fake_gemini: FakeGemini) -> Non
         info = await client.close_session(session)
     assert (first.answer, second.answer) == ("a", "5")
     assert info.turns == 2 and info.closed
+
+
+async def test_a_session_budget_spans_its_requests(server, fake_gemini: FakeGemini) -> None:
+    fake_gemini.script("MARK-SESS-BUDGET", [
+        repl("x = 1\nprint(x)"), "FINAL(first)",          # request 1: two calls
+        repl("x += 1\nprint(x)"), "FINAL(never reached)",  # request 2: one call left
+    ])
+    async with open_stub(server) as stub:
+        session = await stub.CreateSession(rlm_pb2.CreateSessionRequest(max_llm_calls=3))
+        first = final_of(await _run(stub, _on(session, "MARK-SESS-BUDGET go", "c")))
+        assert first.answer == "first" and first.total_usage.calls == 2
+        second = final_of(await _run(stub, _on(session, "more", "c", max_llm_calls=10)))
+        assert second.stop_reason == rlm_pb2.STOP_REASON_MAX_LLM_CALLS
+        assert second.total_usage.calls == 1
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await stub.Complete(_on(session, "and more", "c"))
+        assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "max_llm_calls budget" in (err.value.details() or "")
+        info = await stub.CloseSession(rlm_pb2.SessionRef(
+            session_id=session.session_id, session_token=session.session_token))
+        assert info.usage.calls == 3
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await stub.CreateSession(rlm_pb2.CreateSessionRequest(max_cost_usd=-1))
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT

@@ -936,12 +936,25 @@ class CreateSessionRequest(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    MAX_LLM_CALLS_FIELD_NUMBER: _builtins.int
+    MAX_TOTAL_TOKENS_FIELD_NUMBER: _builtins.int
+    MAX_COST_USD_FIELD_NUMBER: _builtins.int
+    max_llm_calls: _builtins.int
+    """Caps on the whole session, all its requests together. 0 = no cap. Each
+    request's own caps are lowered to what is left.
+    """
+    max_total_tokens: _builtins.int
+    max_cost_usd: _builtins.float
     def __init__(
         self,
+        *,
+        max_llm_calls: _builtins.int = ...,
+        max_total_tokens: _builtins.int = ...,
+        max_cost_usd: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["max_cost_usd", b"max_cost_usd", "max_llm_calls", b"max_llm_calls", "max_total_tokens", b"max_total_tokens"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -979,6 +992,7 @@ class SessionInfo(_message.Message):
     TURNS_FIELD_NUMBER: _builtins.int
     IDLE_TTL_SECONDS_FIELD_NUMBER: _builtins.int
     CLOSED_FIELD_NUMBER: _builtins.int
+    USAGE_FIELD_NUMBER: _builtins.int
     session_id: _builtins.str
     session_token: _builtins.str
     """The secret every request on the session must carry; only in CreateSession's reply."""
@@ -987,6 +1001,10 @@ class SessionInfo(_message.Message):
     idle_ttl_seconds: _builtins.float
     """The session ends after this long without a request."""
     closed: _builtins.bool
+    @_builtins.property
+    def usage(self) -> Global___Usage:
+        """Usage of every request on the session so far."""
+
     def __init__(
         self,
         *,
@@ -995,10 +1013,11 @@ class SessionInfo(_message.Message):
         turns: _builtins.int = ...,
         idle_ttl_seconds: _builtins.float = ...,
         closed: _builtins.bool = ...,
+        usage: Global___Usage | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["closed", b"closed", "idle_ttl_seconds", b"idle_ttl_seconds", "session_id", b"session_id", "session_token", b"session_token", "turns", b"turns"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["closed", b"closed", "idle_ttl_seconds", b"idle_ttl_seconds", "session_id", b"session_id", "session_token", b"session_token", "turns", b"turns", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
