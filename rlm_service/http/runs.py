@@ -59,8 +59,9 @@ async def watch_run(request: web.Request) -> web.StreamResponse:
         attachment = _find(request).attach(after)
     except RequestFailed as exc:
         return error_response(status_for(exc), exc.message)
-    response = await sse.open_stream(request)
+    # Entered first, so a client gone while the stream opens still detaches.
     async with attachment as events:
+        response = await sse.open_stream(request)
         async for event in events:
             await sse.send_event(response, event)
     await response.write_eof()
