@@ -123,6 +123,20 @@ class Settings(BaseSettings):
     context_upload_total_bytes: int = Field(4 << 30, ge=1)
     context_upload_ttl_seconds: float = Field(900.0, gt=0)
 
+    # --- runs that outlive their connection (rlm_service/runs/) ----------------
+    max_detach_grace_seconds: float = Field(600.0, ge=0)
+    run_replay_events: int = Field(10_000, ge=10)
+    run_replay_max_mb: int = Field(64, ge=1)
+    run_retention_seconds: float = Field(300.0, ge=0)
+    # Structured answers (rlm_service/run/answer_schema.py).
+    answer_schema_max_retries: int = Field(2, ge=0, le=20)
+    # Sessions (rlm_service/sessions/): each holds a sandboxed REPL while open.
+    max_sessions: int = Field(100, ge=0)
+    # Compaction (rlm_service/run/compaction.py): share of the root model's input
+    # limit at which older turns are summarised; 0 = off (trimming only).
+    compaction_threshold: float = Field(0.0, ge=0, le=1)
+    session_idle_ttl_seconds: float = Field(900.0, gt=0)
+
     # --- sandbox ------------------------------------------------------------
     # Comma-separated sandbox layers the service may run without, or "all".
     sandbox_allow_missing: str = ""

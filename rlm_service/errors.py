@@ -37,6 +37,15 @@ STATUS: Final[dict[ErrorKind, Status]] = {
     ErrorKind.CONTEXT_NOT_FOUND: Status(grpc.StatusCode.NOT_FOUND, 404),
     ErrorKind.CONTEXT_TOO_LARGE: Status(grpc.StatusCode.RESOURCE_EXHAUSTED, 413),
     ErrorKind.OVERLOADED: Status(grpc.StatusCode.RESOURCE_EXHAUSTED, 429),
+    ErrorKind.RUN_NOT_FOUND: Status(grpc.StatusCode.NOT_FOUND, 404),
+    ErrorKind.RUN_ACCESS_DENIED: Status(grpc.StatusCode.PERMISSION_DENIED, 403),
+    ErrorKind.RUN_REPLAY_GONE: Status(grpc.StatusCode.OUT_OF_RANGE, 400),
+    ErrorKind.RUN_CANCELLED: Status(grpc.StatusCode.CANCELLED, 499),
+    ErrorKind.ANSWER_INVALID: Status(grpc.StatusCode.FAILED_PRECONDITION, 400),
+    ErrorKind.SESSION_NOT_FOUND: Status(grpc.StatusCode.NOT_FOUND, 404),
+    ErrorKind.SESSION_ACCESS_DENIED: Status(grpc.StatusCode.PERMISSION_DENIED, 403),
+    ErrorKind.SESSION_BUSY: Status(grpc.StatusCode.FAILED_PRECONDITION, 400),
+    ErrorKind.SESSION_LIMIT: Status(grpc.StatusCode.RESOURCE_EXHAUSTED, 429),
 }
 
 _INTERNAL: Final = STATUS[ErrorKind.INTERNAL]

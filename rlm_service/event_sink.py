@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import time
 
+from google.protobuf import json_format
+
 from rlm_service._gen.rlm.v1 import rlm_pb2
 from rlm_service.budget import Limits, StopReason, Usage
 from rlm_service.errors import status_of
@@ -41,8 +43,7 @@ class EventSink:
         self._queue.put_nowait(rlm_pb2.CompletionEvent(final_answer=final_answer(final)))
 
     def error(self, failure: RequestFailed) -> None:
-        self._queue.put_nowait(rlm_pb2.CompletionEvent(error=rlm_pb2.RunError(
-            code=status_of(failure).grpc.name, message=failure.message)))
+        self._queue.put_nowait(error_event(failure))
 
     def close(self) -> None:
         self._queue.put_nowait(None)
@@ -64,6 +65,15 @@ class EventSink:
         return event
 
 
+def error_event(failure: RequestFailed, seq: int = 0) -> rlm_pb2.CompletionEvent:
+    """The event that ends a failed request; rlm_service/runs/ numbers its own."""
+    event = rlm_pb2.CompletionEvent(seq=seq, error=rlm_pb2.RunError(
+        code=status_of(failure).grpc.name, message=failure.message))
+    if seq:
+        event.time.GetCurrentTime()
+    return event
+
+
 def usage(u: Usage) -> rlm_pb2.Usage:
     return rlm_pb2.Usage(calls=u.calls, prompt_tokens=u.prompt_tokens,
                          output_tokens=u.output_tokens, thinking_tokens=u.thinking_tokens,
@@ -78,12 +88,16 @@ def limits(lim: Limits) -> rlm_pb2.Limits:
 
 
 def final_answer(f: FinalAnswer) -> rlm_pb2.FinalAnswer:
-    return rlm_pb2.FinalAnswer(
+    message = rlm_pb2.FinalAnswer(
         answer=f.answer, iterations=f.iterations, forced=f.forced,
         usage=[rlm_pb2.ModelUsage(model=m.model, depth=m.depth, usage=usage(m.usage))
                for m in f.usage],
         duration_seconds=f.duration_seconds, stop_reason=_STOP_REASONS[f.stop_reason],
-        total_usage=usage(f.total_usage), request_id=f.request_id)
+        total_usage=usage(f.total_usage), request_id=f.request_id,
+        schema_retries=f.schema_retries)
+    if f.has_value:
+        json_format.ParseDict(f.value, message.value)
+    return message
 
 
 def _kind(recursive: bool) -> rlm_pb2.SubCallKind.ValueType:

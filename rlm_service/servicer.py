@@ -18,8 +18,14 @@ from rlm_service.budget import Limits
 from rlm_service.config import Settings
 from rlm_service.errors import STATUS, status_of
 from rlm_service.models import GenerateOptions, catalog
+from rlm_service.run.answer_schema import AnswerSchema, BadSchema
 from rlm_service.run.engine import Engine, RunSpec
 from rlm_service.run.types import ErrorKind, RequestFailed
+from rlm_service.runs.live import Attachment
+from rlm_service.runs.registry import RunRegistry
+from rlm_service.runs.rpc import RunControl
+from rlm_service.sessions.rpc import SessionControl
+from rlm_service.sessions.store import SessionStore
 from rlm_service.slots import Overloaded, RunSlots
 from rlm_service.streaming import RequestStream
 from rlm_service.uploads import ContextStore
@@ -50,7 +56,8 @@ def _check_options(opts: rlm_pb2.ModelOptions, which: str) -> GenerateOptions:
 
 
 def build_spec(request: rlm_pb2.CompletionRequest, settings: Settings,
-               deadline_left: float | None, contexts: ContextStore | None = None) -> RunSpec:
+               deadline_left: float | None, contexts: ContextStore | None = None,
+               sessions: SessionStore | None = None) -> RunSpec:
     """Turns a request into a RunSpec or raises InvalidRequest with an actionable message
     (ContextNotFound for an unknown ``context_ref``)."""
     try:  # edge: value checks protobuf does not make, and the spend ceilings
@@ -96,6 +103,22 @@ def build_spec(request: rlm_pb2.CompletionRequest, settings: Settings,
     for name, value in (("root_model", request.root_model), ("sub_model", request.sub_model)):
         if value and not catalog.valid_model_name(value):
             raise InvalidRequest(f"{name} {value[:40]!r} is not a valid model name")
+    grace = request.detach_grace_seconds
+    if not math.isfinite(grace) or not 0 <= grace <= s.max_detach_grace_seconds:
+        raise InvalidRequest(
+            f"detach_grace_seconds must be between 0 and {s.max_detach_grace_seconds:g} "
+            "(0 = cancel the run when its stream drops)")
+    schema = None
+    if request.HasField("answer_schema"):
+        try:
+            schema = AnswerSchema(json_format.MessageToDict(request.answer_schema))
+        except BadSchema as exc:
+            raise InvalidRequest(str(exc)) from None
+    session = None
+    if request.session_id or request.session_token:
+        if sessions is None:
+            raise InvalidRequest("sessions are not available on this face")
+        session = sessions.get(request.session_id, request.session_token)
     if request.WhichOneof("context_source") == "context_ref":
         assert contexts is not None
         # Last: it opens the file, which the request's stream closes when it ends.
@@ -111,6 +134,8 @@ def build_spec(request: rlm_pb2.CompletionRequest, settings: Settings,
         max_cost_usd=spend.max_cost_usd,
         timeout_seconds=timeout,
     )
+    if session is not None:
+        limits = session.limits_for(limits)
     return RunSpec(
         request_id=uuid.uuid4().hex,
         prompt=prompt,
@@ -121,6 +146,9 @@ def build_spec(request: rlm_pb2.CompletionRequest, settings: Settings,
         root_options=_check_options(request.root_options, "root_options"),
         sub_options=_check_options(request.sub_options, "sub_options"),
         stream_root_text=request.stream_root_text,
+        detach_grace_seconds=grace,
+        answer_schema=schema,
+        session=session,
     )
 
 
@@ -132,7 +160,7 @@ async def _abort(context: Context, exc: RequestFailed) -> None:
     await context.abort(status_of(exc).grpc, exc.message)
 
 
-class RLMServicer(rlm_pb2_grpc.RLMServiceServicer):
+class RLMServicer(RunControl, SessionControl, rlm_pb2_grpc.RLMServiceServicer):
     def __init__(self, engine: Engine, settings: Settings,
                  contexts: ContextStore | None = None) -> None:
         self.engine = engine
@@ -140,12 +168,15 @@ class RLMServicer(rlm_pb2_grpc.RLMServiceServicer):
         self.contexts = contexts
         self.accepting = True
         self._slots = RunSlots(settings.max_concurrent_runs, settings.max_queued_runs)
+        self.runs = RunRegistry(engine, settings)
+        self.sessions = SessionStore(settings, engine.services.repls)
 
     async def _spec(self, request: rlm_pb2.CompletionRequest, context: Context) -> RunSpec:
         if not self.accepting:
             await context.abort(STATUS[ErrorKind.SHUTTING_DOWN].grpc, SHUTTING_DOWN)
         try:
-            spec = build_spec(request, self.settings, context.time_remaining(), self.contexts)
+            spec = build_spec(request, self.settings, context.time_remaining(), self.contexts,
+                              self.sessions)
             # Refused before any event, so a client sees only the status and its hint.
             self._slots.check(spec.received + spec.limits.timeout_seconds)
             return spec
@@ -159,9 +190,11 @@ class RLMServicer(rlm_pb2_grpc.RLMServiceServicer):
         return self._slots
 
     def stream(self, spec: RunSpec,
-               observe: Callable[[rlm_pb2.CompletionEvent], None] | None = None) -> RequestStream:
-        """A request's stream, for either face; ``observe`` sees each event."""
-        return RequestStream(self.engine, self.settings, self._slots, spec, observe)
+               observe: Callable[[rlm_pb2.CompletionEvent], None] | None = None) -> Attachment:
+        """Starts a request and attaches to its stream, for either face; ``observe``
+        sees each event as the run emits it, attached or not."""
+        return self.runs.start(
+            RequestStream(self.engine, self.settings, self._slots, spec, observe)).attach(0)
 
     async def _events(self, spec: RunSpec,
                       context: Context) -> AsyncGenerator[rlm_pb2.CompletionEvent, None]:

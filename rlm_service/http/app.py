@@ -13,7 +13,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
 from rlm_service.auth import KeyRing
 from rlm_service.config import Settings
-from rlm_service.http import routes
+from rlm_service.http import routes, runs
 from rlm_service.http.auth import auth_middleware
 from rlm_service.http.errors import error_response
 from rlm_service.servicer import RLMServicer
@@ -106,6 +106,7 @@ def make_app(servicer: RLMServicer, settings: Settings,
     app.router.add_route("*", "/completion", routes.method_not_allowed("POST"))
     app.router.add_post("/v1/completions:stream", routes.stream)
     app.router.add_route("*", "/v1/completions:stream", routes.method_not_allowed("POST"))
+    runs.add_routes(app)  # run control (rlm_service/http/runs.py)
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/openapi.json", _openapi)
     app.router.add_get("/metrics", _metrics)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import time
 from typing import Any
 
@@ -45,7 +46,15 @@ class Engine:
 
     async def complete(self, spec: RequestSpec, emit: Emit) -> FinalAnswer:
         """Runs one request to its final answer. Raises RequestFailed or CancelledError."""
-        req = RequestContext(self.services, spec, emit)
+        if spec.session is None:
+            return await self._complete(spec, emit, self.services)
+        # In a session the root run keeps the session's REPL (rlm_service/sessions/).
+        async with spec.session.turn():
+            return await self._complete(spec, emit, dataclasses.replace(
+                self.services, repls=spec.session.repls(self.services.repls)))
+
+    async def _complete(self, spec: RequestSpec, emit: Emit, services: Services) -> FinalAnswer:
+        req = RequestContext(services, spec, emit)
         self.active.add(req)
         self._idle.clear()
         metrics.rlm_active_requests.inc()
@@ -59,6 +68,8 @@ class Engine:
             outcome = "shutdown" if req.shutdown_reason else "cancelled"
             raise
         finally:
+            if spec.session is not None:
+                spec.session.usage += req.ledger.total
             self.active.discard(req)
             if not self.active:
                 self._idle.set()
@@ -98,7 +109,8 @@ async def _execute(req: RequestContext) -> FinalAnswer:
             # The call that crossed the limit also brought the answer.
             return _answered(req, root.result)
         # A budget stop: a final answer with the best partial answer so far.
-        return _final(req, req.partial_answer, root.iteration, True, exceeded.reason)
+        return _final(req, req.partial_answer, root.iteration, True, exceeded.reason,
+                      root.schema_retries)
     finally:
         timer.cancel()
         if not task.done():
@@ -109,14 +121,20 @@ async def _execute(req: RequestContext) -> FinalAnswer:
 
 def _answered(req: RequestContext, result: RunResult) -> FinalAnswer:
     return _final(req, result.answer, result.iterations, result.forced,
-                  StopReason.MAX_ITERATIONS if result.forced else StopReason.ANSWERED)
+                  StopReason.MAX_ITERATIONS if result.forced else StopReason.ANSWERED,
+                  result.schema_retries)
 
 
 def _final(req: RequestContext, answer: str, iterations: int, forced: bool,
-           reason: StopReason) -> FinalAnswer:
+           reason: StopReason, schema_retries: int = 0) -> FinalAnswer:
     metrics.rlm_request_iterations.observe(iterations)
+    schema = req.spec.answer_schema
+    # A forced or partial answer is checked too; it carries a value only if it matches.
+    checked = schema.check(answer) if schema is not None else None
     return FinalAnswer(
         request_id=req.spec.request_id, answer=answer, iterations=iterations, forced=forced,
         stop_reason=reason, usage=req.ledger.model_usage(), total_usage=req.ledger.total,
         duration_seconds=time.monotonic() - req.started,
+        value=checked.value if checked is not None else None,
+        has_value=checked is not None and checked.ok, schema_retries=schema_retries,
     )

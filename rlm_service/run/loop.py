@@ -15,7 +15,8 @@ from typing import Any, TypeVar
 from rlm_service.models import GenerateOptions, Message
 from rlm_service.models.catalog import estimate_tokens
 from rlm_service.repl import ReplError
-from rlm_service.run import events, parsing, prompts
+from rlm_service.run import answer_schema, events, parsing, prompts
+from rlm_service.run.compaction import Compactor
 from rlm_service.run.context import ModelCall, ModelCallFailed, RequestContext
 from rlm_service.run.history import fit_history
 from rlm_service.run.ports import Repl
@@ -47,6 +48,9 @@ class Run:
     # The REPL starting (and loading the context) while the first root call is in
     # flight: that call does not need it.
     _starting: asyncio.Task[None] | None = None
+    # Answers sent back for not matching the request's answer_schema (depth 0).
+    schema_retries: int = 0
+    compactor: Compactor = field(default_factory=Compactor)
     _inflight: set[asyncio.Task[Any]] = field(default_factory=set)
     _context: contextvars.Context = field(default_factory=contextvars.copy_context)
 
@@ -130,7 +134,12 @@ class Run:
             call_id=self.call_id,
         ))
         self._starting = asyncio.create_task(self._start_repl())
-        messages = [Message("user", prompts.first_message(self.prompt, description))]
+        first = prompts.first_message(self.prompt, description)
+        if self.depth == 0 and spec.answer_schema is not None:
+            first += "\n\n" + answer_schema.instructions(spec.answer_schema)
+        messages = [Message("user", first)]
+        if self.depth == 0 and spec.session is not None:
+            messages = spec.session.begin_turn(messages[0])
         options = spec.root_options if self.depth == 0 else spec.sub_options
         options = dataclasses.replace(options, system_prompt=prompts.SYSTEM_PROMPT)
         while self.iteration < spec.limits.max_iterations:
@@ -140,14 +149,19 @@ class Run:
             blocks = parsing.code_blocks(reply.text)
             if not blocks:
                 answer = await self._final_from_text(reply.text)
-                if answer is not None:
-                    return RunResult(answer, self.iteration, forced=False)
-                messages.append(Message("user", self._var_error or prompts.NO_CODE))
-                continue
-            answer, fed = await self._run_blocks(blocks)
-            if answer is not None:
-                return RunResult(answer, self.iteration, forced=False)
-            messages.append(Message("user", fed))
+                if answer is None:
+                    messages.append(Message("user", self._var_error or prompts.NO_CODE))
+                    continue
+            else:
+                answer, fed = await self._run_blocks(blocks)
+                if answer is None:
+                    messages.append(Message("user", fed))
+                    continue
+            retry = self._schema_retry(answer)
+            if retry is None:
+                return RunResult(answer, self.iteration, forced=False,
+                                 schema_retries=self.schema_retries)
+            messages.append(Message("user", retry))
         # Out of turns: one last call that must answer.
         messages.append(Message("user", prompts.FORCE_ANSWER))
         self.iteration += 1
@@ -159,7 +173,27 @@ class Run:
                 answer, _ = await self._run_blocks(blocks)
         if answer is None:
             answer = reply.text.strip() or self.req.partial_answer
-        return RunResult(answer, self.iteration, forced=True)
+        return RunResult(answer, self.iteration, forced=True, schema_retries=self.schema_retries)
+
+    def _schema_retry(self, answer: str) -> str | None:
+        """None when the answer may stand; else what to tell the model. Each retry is
+        a model turn, so it counts against the iteration, call, token and cost caps."""
+        schema = self.req.spec.answer_schema
+        if self.depth > 0 or schema is None:
+            return None
+        checked = schema.check(answer)
+        if checked.ok:
+            return None
+        limit = self.req.settings.answer_schema_max_retries
+        if self.schema_retries >= limit:
+            raise RequestFailed(
+                ErrorKind.ANSWER_INVALID,
+                f"the answer did not match answer_schema after {limit} "
+                f"{'retry' if limit == 1 else 'retries'}: {checked.error}")
+        self.schema_retries += 1
+        self.req.emit(events.Notice("answer_schema_mismatch", checked.error,
+                                    depth=self.depth, call_id=self.call_id))
+        return answer_schema.retry_message(checked.error, limit - self.schema_retries + 1)
 
     async def _root_turn(self, messages: list[Message], options: GenerateOptions) -> ModelCall:
         on_delta = None
@@ -169,6 +203,7 @@ class Run:
             def on_delta(text: str) -> None:
                 self.req.emit(events.RootTextDelta(iteration, text, self.depth, self.call_id))
 
+        await self.compactor.maybe_compact(self, messages, options)
         trimmed = fit_history(messages, self.req.services.pricing.input_limit(self.model),
                               estimate_tokens)
         if trimmed:

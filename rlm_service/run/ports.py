@@ -25,8 +25,10 @@ class Repl(Protocol):
 
     # Called with ``answer["content"]`` whenever the running block changes it.
     on_partial: Callable[[str], None] | None
-    # True once the interpreter is gone (it died, or was closed).
-    closed: bool
+    @property
+    def closed(self) -> bool:
+        """True once the interpreter is gone (it died, or was closed)."""
+        ...
 
     async def load_context(self, context: Any, secret: str) -> None:
         """Makes ``context`` and the sub-call functions available; raises ReplError."""

@@ -7,10 +7,14 @@ from __future__ import annotations
 import enum
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rlm_service.budget import Limits, ModelUsage, StopReason, Usage
 from rlm_service.models import GenerateOptions
+from rlm_service.run.answer_schema import AnswerSchema
+
+if TYPE_CHECKING:
+    from rlm_service.sessions.store import Session
 
 
 @dataclass(frozen=True)
@@ -26,6 +30,12 @@ class RequestSpec:
     root_options: GenerateOptions
     sub_options: GenerateOptions
     stream_root_text: bool = False
+    # Seconds the run outlives a dropped stream (rlm_service/runs/); 0 cancels it.
+    detach_grace_seconds: float = 0.0
+    # The JSON Schema the answer must match (rlm_service/run/answer_schema.py).
+    answer_schema: AnswerSchema | None = None
+    # The session the request runs in (rlm_service/sessions/): its REPL and history.
+    session: Session | None = None
     # The time limit counts from here, the request's arrival: a request that
     # first waits for a slot must still end before the client's deadline.
     received: float = field(default_factory=time.monotonic)
@@ -42,6 +52,7 @@ class RunResult:
     answer: str
     iterations: int
     forced: bool
+    schema_retries: int = 0
 
 
 @dataclass(frozen=True)
@@ -56,6 +67,11 @@ class FinalAnswer:
     usage: list[ModelUsage]
     total_usage: Usage
     duration_seconds: float
+    # With an answer schema: the validated JSON value (has_value says it is set,
+    # since JSON null is a value too) and how many answers were sent back.
+    value: Any = None
+    has_value: bool = False
+    schema_retries: int = 0
 
 
 class ErrorKind(enum.Enum):
@@ -77,6 +93,18 @@ class ErrorKind(enum.Enum):
     CONTEXT_NOT_FOUND = "context_not_found"
     CONTEXT_TOO_LARGE = "context_too_large"
     OVERLOADED = "overloaded"
+    # Run control (rlm_service/runs/): WatchRun, CancelRun, GetRun.
+    RUN_NOT_FOUND = "run_not_found"
+    RUN_ACCESS_DENIED = "run_access_denied"
+    RUN_REPLAY_GONE = "run_replay_gone"
+    RUN_CANCELLED = "run_cancelled"
+    # The model's answer never matched answer_schema within the retries.
+    ANSWER_INVALID = "answer_invalid"
+    # Sessions (rlm_service/sessions/).
+    SESSION_NOT_FOUND = "session_not_found"
+    SESSION_ACCESS_DENIED = "session_access_denied"
+    SESSION_BUSY = "session_busy"
+    SESSION_LIMIT = "session_limit"
 
 
 class RequestFailed(Exception):

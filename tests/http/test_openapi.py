@@ -26,7 +26,7 @@ async def test_served_api_matches_the_openapi_document(start_server) -> None:
         "--exclude-path", "/metrics",
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
     try:
-        out, _ = await asyncio.wait_for(proc.communicate(), 100)
+        out, _ = await asyncio.wait_for(proc.communicate(), 180)
     finally:
         if proc.returncode is None:
             proc.kill()

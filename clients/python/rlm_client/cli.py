@@ -57,6 +57,9 @@ def _parser() -> argparse.ArgumentParser:
     budget.add_argument("--max-tokens", type=int, default=0, help="prompt + output + thinking")
     budget.add_argument("--max-cost", type=float, default=0.0, help="US dollars")
     budget.add_argument("--timeout", type=float, default=0.0, help="seconds for the whole run")
+    run.add_argument("--detach-grace", type=float, default=0.0, metavar="S",
+                     help="keep the run going S seconds if the connection drops, and "
+                          "reconnect to it (0 = a drop ends the run)")
     run.add_argument("--root-model", default="")
     run.add_argument("--sub-model", default="")
     _output_flags(run)
@@ -125,7 +128,8 @@ def _fields(args: argparse.Namespace) -> dict[str, Any]:
     return {"max_iterations": args.max_iterations, "max_depth": args.max_depth,
             "max_llm_calls": args.max_llm_calls, "max_total_tokens": args.max_tokens,
             "max_cost_usd": args.max_cost, "timeout_seconds": args.timeout,
-            "root_model": args.root_model, "sub_model": args.sub_model}
+            "root_model": args.root_model, "sub_model": args.sub_model,
+            "detach_grace_seconds": args.detach_grace}
 
 
 def _deadline(timeout: float) -> float | None:

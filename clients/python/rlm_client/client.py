@@ -6,7 +6,10 @@ copied so `make proto` keeps one copy fresh; importing them loads nothing of the
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
+import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -14,11 +17,15 @@ import grpc
 from google.protobuf import json_format
 
 from rlm_client import upload
+from rlm_client.reconnect import Resume, grace_of
 from rlm_service._gen.rlm.v1 import rlm_pb2, rlm_pb2_grpc
 
 _OPTIONS = [
     ("grpc.max_send_message_length", 512 * 1024 * 1024),
     ("grpc.max_receive_message_length", 512 * 1024 * 1024),
+    # After a dropped connection, reconnect within a detached run's grace.
+    ("grpc.initial_reconnect_backoff_ms", 200),
+    ("grpc.max_reconnect_backoff_ms", 2000),
 ]
 
 
@@ -64,11 +71,29 @@ class RLMClient:
     def stream(self, prompt: str, context: Any = None, *, timeout: float | None = None,
                **fields: Any) -> Iterator[rlm_pb2.CompletionEvent]:
         """Yields every event of the run as it arrives. Closing the iterator early (or an
-        exception such as KeyboardInterrupt while waiting) cancels the run on the server."""
+        exception such as KeyboardInterrupt while waiting) cancels the run on the server.
+        With ``detach_grace_seconds`` > 0 a dropped stream is picked up again (WatchRun)."""
+        resume = Resume(grace_of(fields), timeout)
         call = self._stub.StreamCompletion(self._request(prompt, context, timeout, fields),
                                            timeout=timeout)
         try:
-            yield from call
+            while True:
+                try:
+                    for event in call:
+                        if resume.fresh(event):
+                            yield event
+                    return
+                except grpc.RpcError as exc:
+                    if not resume.should_retry(exc):
+                        raise
+                time.sleep(min(resume.backoff(), resume.time_left()))
+                call = self._stub.WatchRun(resume.request(), timeout=resume.timeout_left())
+        except (GeneratorExit, KeyboardInterrupt):
+            # With a grace the server cannot tell leaving from a drop: say so.
+            if resume.can_cancel():
+                with contextlib.suppress(grpc.RpcError):
+                    self._stub.CancelRun(resume.ref(), timeout=5)
+            raise
         finally:
             call.cancel()  # type: ignore[no-untyped-call]
 
@@ -77,6 +102,17 @@ class RLMClient:
         response: rlm_pb2.CompletionResponse = self._stub.Complete(
             self._request(prompt, context, timeout, fields), timeout=timeout)
         return response
+
+    def create_session(self) -> rlm_pb2.SessionInfo:
+        """A session; pass ``session_id=info.session_id, session_token=info.session_token``
+        to stream()/complete() to run in it."""
+        info: rlm_pb2.SessionInfo = self._stub.CreateSession(rlm_pb2.CreateSessionRequest())
+        return info
+
+    def close_session(self, session: rlm_pb2.SessionInfo) -> rlm_pb2.SessionInfo:
+        info: rlm_pb2.SessionInfo = self._stub.CloseSession(rlm_pb2.SessionRef(
+            session_id=session.session_id, session_token=session.session_token))
+        return info
 
     def close(self) -> None:
         self._channel.close()
@@ -114,11 +150,27 @@ class AsyncRLMClient:
 
     async def stream(self, prompt: str, context: Any = None, *, timeout: float | None = None,
                      **fields: Any) -> AsyncIterator[rlm_pb2.CompletionEvent]:
-        call = self._stub.StreamCompletion(
-            await self._request(prompt, context, timeout, fields), timeout=timeout)
+        resume = Resume(grace_of(fields), timeout)
+        call: grpc.aio.UnaryStreamCall[Any, rlm_pb2.CompletionEvent] = (
+            self._stub.StreamCompletion(await self._request(prompt, context, timeout, fields),
+                                        timeout=timeout))
         try:
-            async for event in call:
-                yield event
+            while True:
+                try:
+                    async for event in call:
+                        if resume.fresh(event):
+                            yield event
+                    return
+                except grpc.RpcError as exc:
+                    if not resume.should_retry(exc):
+                        raise
+                await asyncio.sleep(min(resume.backoff(), resume.time_left()))
+                call = self._stub.WatchRun(resume.request(), timeout=resume.timeout_left())
+        except (GeneratorExit, asyncio.CancelledError):
+            if resume.can_cancel():
+                with contextlib.suppress(grpc.RpcError):
+                    await self._stub.CancelRun(resume.ref(), timeout=5)
+            raise
         finally:
             call.cancel()
 
@@ -127,6 +179,16 @@ class AsyncRLMClient:
         response: rlm_pb2.CompletionResponse = await self._stub.Complete(
             await self._request(prompt, context, timeout, fields), timeout=timeout)
         return response
+
+    async def create_session(self) -> rlm_pb2.SessionInfo:
+        info: rlm_pb2.SessionInfo = await self._stub.CreateSession(
+            rlm_pb2.CreateSessionRequest())
+        return info
+
+    async def close_session(self, session: rlm_pb2.SessionInfo) -> rlm_pb2.SessionInfo:
+        info: rlm_pb2.SessionInfo = await self._stub.CloseSession(rlm_pb2.SessionRef(
+            session_id=session.session_id, session_token=session.session_token))
+        return info
 
     async def close(self) -> None:
         await self._channel.close(None)

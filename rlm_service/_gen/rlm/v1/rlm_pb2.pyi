@@ -71,6 +71,33 @@ SUB_CALL_KIND_RLM: SubCallKind.ValueType  # 2
 """rlm_query / rlm_query_batched: a child RLM run with its own REPL."""
 Global___SubCallKind: _TypeAlias = SubCallKind  # noqa: Y015
 
+class _RunState:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _RunStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_RunState.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    RUN_STATE_UNSPECIFIED: _RunState.ValueType  # 0
+    RUN_STATE_RUNNING: _RunState.ValueType  # 1
+    """Waiting for a request slot or running, with a stream attached."""
+    RUN_STATE_DETACHED: _RunState.ValueType  # 2
+    """Running with no stream attached; it is cancelled when its grace ends."""
+    RUN_STATE_ANSWERED: _RunState.ValueType  # 3
+    RUN_STATE_FAILED: _RunState.ValueType  # 4
+    RUN_STATE_CANCELLED: _RunState.ValueType  # 5
+
+class RunState(_RunState, metaclass=_RunStateEnumTypeWrapper): ...
+
+RUN_STATE_UNSPECIFIED: RunState.ValueType  # 0
+RUN_STATE_RUNNING: RunState.ValueType  # 1
+"""Waiting for a request slot or running, with a stream attached."""
+RUN_STATE_DETACHED: RunState.ValueType  # 2
+"""Running with no stream attached; it is cancelled when its grace ends."""
+RUN_STATE_ANSWERED: RunState.ValueType  # 3
+RUN_STATE_FAILED: RunState.ValueType  # 4
+RUN_STATE_CANCELLED: RunState.ValueType  # 5
+Global___RunState: _TypeAlias = RunState  # noqa: Y015
+
 @_typing.final
 class ContextChunk(_message.Message):
     """One piece of an uploaded context: UTF-8 text, sent in order."""
@@ -198,6 +225,10 @@ class CompletionRequest(_message.Message):
     STREAM_ROOT_TEXT_FIELD_NUMBER: _builtins.int
     ROOT_OPTIONS_FIELD_NUMBER: _builtins.int
     SUB_OPTIONS_FIELD_NUMBER: _builtins.int
+    DETACH_GRACE_SECONDS_FIELD_NUMBER: _builtins.int
+    ANSWER_SCHEMA_FIELD_NUMBER: _builtins.int
+    SESSION_ID_FIELD_NUMBER: _builtins.int
+    SESSION_TOKEN_FIELD_NUMBER: _builtins.int
     prompt: _builtins.str
     """The question or instruction. Required."""
     context_ref: _builtins.str
@@ -228,6 +259,14 @@ class CompletionRequest(_message.Message):
     """Wall-clock limit for the whole run in seconds. 0 = server default."""
     stream_root_text: _builtins.bool
     """Stream the root model's text as it is generated (RootTextDelta events)."""
+    detach_grace_seconds: _builtins.float
+    """--- issue 15 (field numbers from 40 up) ---
+    Seconds a run keeps going after its stream drops, for WatchRun to pick it
+    up. 0 (default) cancels the run when the stream ends early.
+    """
+    session_id: _builtins.str
+    """Run inside this session (CreateSession); both fields are required together."""
+    session_token: _builtins.str
     @_builtins.property
     def context(self) -> _struct_pb2.Value:
         """The data the model works over: a string, list or object. It is loaded
@@ -238,6 +277,12 @@ class CompletionRequest(_message.Message):
     def root_options(self) -> Global___ModelOptions: ...
     @_builtins.property
     def sub_options(self) -> Global___ModelOptions: ...
+    @_builtins.property
+    def answer_schema(self) -> _struct_pb2.Struct:
+        """A JSON Schema the answer must match. The model is told it; its final value
+        is validated (retried on a mismatch) and returned in FinalAnswer.value.
+        """
+
     def __init__(
         self,
         *,
@@ -255,10 +300,14 @@ class CompletionRequest(_message.Message):
         stream_root_text: _builtins.bool = ...,
         root_options: Global___ModelOptions | None = ...,
         sub_options: Global___ModelOptions | None = ...,
+        detach_grace_seconds: _builtins.float = ...,
+        answer_schema: _struct_pb2.Struct | None = ...,
+        session_id: _builtins.str = ...,
+        session_token: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["context", b"context", "context_ref", b"context_ref", "context_source", b"context_source", "root_options", b"root_options", "sub_options", b"sub_options"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["answer_schema", b"answer_schema", "context", b"context", "context_ref", b"context_ref", "context_source", b"context_source", "root_options", b"root_options", "sub_options", b"sub_options"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["context", b"context", "context_ref", b"context_ref", "context_source", b"context_source", "max_cost_usd", b"max_cost_usd", "max_depth", b"max_depth", "max_iterations", b"max_iterations", "max_llm_calls", b"max_llm_calls", "max_total_tokens", b"max_total_tokens", "prompt", b"prompt", "root_model", b"root_model", "root_options", b"root_options", "stream_root_text", b"stream_root_text", "sub_model", b"sub_model", "sub_options", b"sub_options", "timeout_seconds", b"timeout_seconds"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["answer_schema", b"answer_schema", "context", b"context", "context_ref", b"context_ref", "context_source", b"context_source", "detach_grace_seconds", b"detach_grace_seconds", "max_cost_usd", b"max_cost_usd", "max_depth", b"max_depth", "max_iterations", b"max_iterations", "max_llm_calls", b"max_llm_calls", "max_total_tokens", b"max_total_tokens", "prompt", b"prompt", "root_model", b"root_model", "root_options", b"root_options", "session_id", b"session_id", "session_token", b"session_token", "stream_root_text", b"stream_root_text", "sub_model", b"sub_model", "sub_options", b"sub_options", "timeout_seconds", b"timeout_seconds"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_context_source: _TypeAlias = _typing.Literal["context", "context_ref"]  # noqa: Y015
     _WhichOneofArgType_context_source: _TypeAlias = _typing.Literal["context_source", b"context_source"]  # noqa: Y015
@@ -377,6 +426,7 @@ class RunStarted(_message.Message):
     SANDBOX_LAYERS_FIELD_NUMBER: _builtins.int
     DEPTH_FIELD_NUMBER: _builtins.int
     CALL_ID_FIELD_NUMBER: _builtins.int
+    RUN_TOKEN_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     root_model: _builtins.str
     sub_model: _builtins.str
@@ -387,6 +437,10 @@ class RunStarted(_message.Message):
     """Depth of this run: 0 for the request itself, >0 for child RLM runs."""
     call_id: _builtins.str
     """Sub-call id of the rlm_query that started a child run; empty at depth 0."""
+    run_token: _builtins.str
+    """Depth 0 only: the secret that WatchRun, CancelRun and GetRun require,
+    with request_id as the run id. Only the caller that started the run has it.
+    """
     @_builtins.property
     def limits(self) -> Global___Limits: ...
     @_builtins.property
@@ -405,10 +459,11 @@ class RunStarted(_message.Message):
         sandbox_layers: _abc.Iterable[_builtins.str] | None = ...,
         depth: _builtins.int = ...,
         call_id: _builtins.str = ...,
+        run_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["limits", b"limits"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["call_id", b"call_id", "context_chars", b"context_chars", "context_type", b"context_type", "depth", b"depth", "limits", b"limits", "request_id", b"request_id", "root_model", b"root_model", "sandbox_layers", b"sandbox_layers", "sub_model", b"sub_model"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["call_id", b"call_id", "context_chars", b"context_chars", "context_type", b"context_type", "depth", b"depth", "limits", b"limits", "request_id", b"request_id", "root_model", b"root_model", "run_token", b"run_token", "sandbox_layers", b"sandbox_layers", "sub_model", b"sub_model"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -696,6 +751,8 @@ class FinalAnswer(_message.Message):
     STOP_REASON_FIELD_NUMBER: _builtins.int
     TOTAL_USAGE_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
+    VALUE_FIELD_NUMBER: _builtins.int
+    SCHEMA_RETRIES_FIELD_NUMBER: _builtins.int
     answer: _builtins.str
     iterations: _builtins.int
     duration_seconds: _builtins.float
@@ -705,10 +762,19 @@ class FinalAnswer(_message.Message):
     """
     stop_reason: Global___StopReason.ValueType
     request_id: _builtins.str
+    schema_retries: _builtins.int
+    """Answers the model gave that failed the schema and were sent back to it."""
     @_builtins.property
     def usage(self) -> _containers.RepeatedCompositeFieldContainer[Global___ModelUsage]: ...
     @_builtins.property
     def total_usage(self) -> Global___Usage: ...
+    @_builtins.property
+    def value(self) -> _struct_pb2.Value:
+        """--- issue 15 (field numbers from 40 up) ---
+        With answer_schema: the answer as a JSON value that matches it. Unset when
+        the request had no schema, or a forced/partial answer did not match.
+        """
+
     def __init__(
         self,
         *,
@@ -720,10 +786,12 @@ class FinalAnswer(_message.Message):
         stop_reason: Global___StopReason.ValueType = ...,
         total_usage: Global___Usage | None = ...,
         request_id: _builtins.str = ...,
+        value: _struct_pb2.Value | None = ...,
+        schema_retries: _builtins.int = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["total_usage", b"total_usage"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["total_usage", b"total_usage", "value", b"value"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["answer", b"answer", "duration_seconds", b"duration_seconds", "forced", b"forced", "iterations", b"iterations", "request_id", b"request_id", "stop_reason", b"stop_reason", "total_usage", b"total_usage", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["answer", b"answer", "duration_seconds", b"duration_seconds", "forced", b"forced", "iterations", b"iterations", "request_id", b"request_id", "schema_retries", b"schema_retries", "stop_reason", b"stop_reason", "total_usage", b"total_usage", "usage", b"usage", "value", b"value"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -850,3 +918,195 @@ class CompletionResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___CompletionResponse: _TypeAlias = CompletionResponse  # noqa: Y015
+
+@_typing.final
+class RunRef(_message.Message):
+    """--- runs that outlive their connection (issue 15) ---
+
+    Names a run and proves the caller started it.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RUN_ID_FIELD_NUMBER: _builtins.int
+    RUN_TOKEN_FIELD_NUMBER: _builtins.int
+    run_id: _builtins.str
+    """RunStarted.request_id."""
+    run_token: _builtins.str
+    """RunStarted.run_token."""
+    def __init__(
+        self,
+        *,
+        run_id: _builtins.str = ...,
+        run_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["run_id", b"run_id", "run_token", b"run_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RunRef: _TypeAlias = RunRef  # noqa: Y015
+
+@_typing.final
+class WatchRunRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RUN_ID_FIELD_NUMBER: _builtins.int
+    RUN_TOKEN_FIELD_NUMBER: _builtins.int
+    AFTER_SEQ_FIELD_NUMBER: _builtins.int
+    run_id: _builtins.str
+    run_token: _builtins.str
+    after_seq: _builtins.int
+    """Replay events with seq > after_seq; 0 replays everything still buffered."""
+    def __init__(
+        self,
+        *,
+        run_id: _builtins.str = ...,
+        run_token: _builtins.str = ...,
+        after_seq: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_seq", b"after_seq", "run_id", b"run_id", "run_token", b"run_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchRunRequest: _TypeAlias = WatchRunRequest  # noqa: Y015
+
+@_typing.final
+class RunInfo(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RUN_ID_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    LAST_SEQ_FIELD_NUMBER: _builtins.int
+    USAGE_FIELD_NUMBER: _builtins.int
+    WATCHERS_FIELD_NUMBER: _builtins.int
+    GRACE_LEFT_SECONDS_FIELD_NUMBER: _builtins.int
+    FIRST_BUFFERED_SEQ_FIELD_NUMBER: _builtins.int
+    run_id: _builtins.str
+    state: Global___RunState.ValueType
+    last_seq: _builtins.int
+    """Seq of the last event emitted so far."""
+    watchers: _builtins.int
+    """Streams attached now (the original one and WatchRun calls)."""
+    grace_left_seconds: _builtins.float
+    """While detached: seconds until the run is cancelled."""
+    first_buffered_seq: _builtins.int
+    """Oldest seq still buffered for replay."""
+    @_builtins.property
+    def usage(self) -> Global___Usage:
+        """Usage of the whole run so far, all depths."""
+
+    def __init__(
+        self,
+        *,
+        run_id: _builtins.str = ...,
+        state: Global___RunState.ValueType = ...,
+        last_seq: _builtins.int = ...,
+        usage: Global___Usage | None = ...,
+        watchers: _builtins.int = ...,
+        grace_left_seconds: _builtins.float = ...,
+        first_buffered_seq: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["usage", b"usage"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["first_buffered_seq", b"first_buffered_seq", "grace_left_seconds", b"grace_left_seconds", "last_seq", b"last_seq", "run_id", b"run_id", "state", b"state", "usage", b"usage", "watchers", b"watchers"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RunInfo: _TypeAlias = RunInfo  # noqa: Y015
+
+@_typing.final
+class CreateSessionRequest(_message.Message):
+    """--- sessions (issue 15) ---"""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MAX_LLM_CALLS_FIELD_NUMBER: _builtins.int
+    MAX_TOTAL_TOKENS_FIELD_NUMBER: _builtins.int
+    MAX_COST_USD_FIELD_NUMBER: _builtins.int
+    max_llm_calls: _builtins.int
+    """Caps on the whole session, all its requests together. 0 = no cap. Each
+    request's own caps are lowered to what is left.
+    """
+    max_total_tokens: _builtins.int
+    max_cost_usd: _builtins.float
+    def __init__(
+        self,
+        *,
+        max_llm_calls: _builtins.int = ...,
+        max_total_tokens: _builtins.int = ...,
+        max_cost_usd: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["max_cost_usd", b"max_cost_usd", "max_llm_calls", b"max_llm_calls", "max_total_tokens", b"max_total_tokens"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateSessionRequest: _TypeAlias = CreateSessionRequest  # noqa: Y015
+
+@_typing.final
+class SessionRef(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SESSION_ID_FIELD_NUMBER: _builtins.int
+    SESSION_TOKEN_FIELD_NUMBER: _builtins.int
+    session_id: _builtins.str
+    session_token: _builtins.str
+    """SessionInfo.session_token from CreateSession."""
+    def __init__(
+        self,
+        *,
+        session_id: _builtins.str = ...,
+        session_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["session_id", b"session_id", "session_token", b"session_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SessionRef: _TypeAlias = SessionRef  # noqa: Y015
+
+@_typing.final
+class SessionInfo(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SESSION_ID_FIELD_NUMBER: _builtins.int
+    SESSION_TOKEN_FIELD_NUMBER: _builtins.int
+    TURNS_FIELD_NUMBER: _builtins.int
+    IDLE_TTL_SECONDS_FIELD_NUMBER: _builtins.int
+    CLOSED_FIELD_NUMBER: _builtins.int
+    USAGE_FIELD_NUMBER: _builtins.int
+    session_id: _builtins.str
+    session_token: _builtins.str
+    """The secret every request on the session must carry; only in CreateSession's reply."""
+    turns: _builtins.int
+    """Requests run on the session so far."""
+    idle_ttl_seconds: _builtins.float
+    """The session ends after this long without a request."""
+    closed: _builtins.bool
+    @_builtins.property
+    def usage(self) -> Global___Usage:
+        """Usage of every request on the session so far."""
+
+    def __init__(
+        self,
+        *,
+        session_id: _builtins.str = ...,
+        session_token: _builtins.str = ...,
+        turns: _builtins.int = ...,
+        idle_ttl_seconds: _builtins.float = ...,
+        closed: _builtins.bool = ...,
+        usage: Global___Usage | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["usage", b"usage"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["closed", b"closed", "idle_ttl_seconds", b"idle_ttl_seconds", "session_id", b"session_id", "session_token", b"session_token", "turns", b"turns", "usage", b"usage"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SessionInfo: _TypeAlias = SessionInfo  # noqa: Y015

@@ -52,6 +52,31 @@ class RLMServiceStub:
                 request_serializer=rlm_dot_v1_dot_rlm__pb2.ContextChunk.SerializeToString,
                 response_deserializer=rlm_dot_v1_dot_rlm__pb2.ContextRef.FromString,
                 _registered_method=True)
+        self.WatchRun = channel.unary_stream(
+                '/rlm.v1.RLMService/WatchRun',
+                request_serializer=rlm_dot_v1_dot_rlm__pb2.WatchRunRequest.SerializeToString,
+                response_deserializer=rlm_dot_v1_dot_rlm__pb2.CompletionEvent.FromString,
+                _registered_method=True)
+        self.CancelRun = channel.unary_unary(
+                '/rlm.v1.RLMService/CancelRun',
+                request_serializer=rlm_dot_v1_dot_rlm__pb2.RunRef.SerializeToString,
+                response_deserializer=rlm_dot_v1_dot_rlm__pb2.RunInfo.FromString,
+                _registered_method=True)
+        self.GetRun = channel.unary_unary(
+                '/rlm.v1.RLMService/GetRun',
+                request_serializer=rlm_dot_v1_dot_rlm__pb2.RunRef.SerializeToString,
+                response_deserializer=rlm_dot_v1_dot_rlm__pb2.RunInfo.FromString,
+                _registered_method=True)
+        self.CreateSession = channel.unary_unary(
+                '/rlm.v1.RLMService/CreateSession',
+                request_serializer=rlm_dot_v1_dot_rlm__pb2.CreateSessionRequest.SerializeToString,
+                response_deserializer=rlm_dot_v1_dot_rlm__pb2.SessionInfo.FromString,
+                _registered_method=True)
+        self.CloseSession = channel.unary_unary(
+                '/rlm.v1.RLMService/CloseSession',
+                request_serializer=rlm_dot_v1_dot_rlm__pb2.SessionRef.SerializeToString,
+                response_deserializer=rlm_dot_v1_dot_rlm__pb2.SessionInfo.FromString,
+                _registered_method=True)
 
 
 class RLMServiceServicer:
@@ -85,6 +110,45 @@ class RLMServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WatchRun(self, request, context):
+        """--- runs that outlive their connection (issue 15) ---
+        WatchRun reattaches to a run: it replays the buffered events after
+        after_seq, then streams the rest live. Needs the run's token.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CancelRun(self, request, context):
+        """CancelRun stops a run; its watchers get a CANCELLED error event.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetRun(self, request, context):
+        """GetRun reports a run's state and its usage so far.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateSession(self, request, context):
+        """--- sessions (issue 15) ---
+        CreateSession starts a session: requests that name it share one REPL
+        (variables, imports, functions), the root history and the contexts.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CloseSession(self, request, context):
+        """CloseSession ends a session and destroys its REPL.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RLMServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -102,6 +166,31 @@ def add_RLMServiceServicer_to_server(servicer, server):
                     servicer.UploadContext,
                     request_deserializer=rlm_dot_v1_dot_rlm__pb2.ContextChunk.FromString,
                     response_serializer=rlm_dot_v1_dot_rlm__pb2.ContextRef.SerializeToString,
+            ),
+            'WatchRun': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchRun,
+                    request_deserializer=rlm_dot_v1_dot_rlm__pb2.WatchRunRequest.FromString,
+                    response_serializer=rlm_dot_v1_dot_rlm__pb2.CompletionEvent.SerializeToString,
+            ),
+            'CancelRun': grpc.unary_unary_rpc_method_handler(
+                    servicer.CancelRun,
+                    request_deserializer=rlm_dot_v1_dot_rlm__pb2.RunRef.FromString,
+                    response_serializer=rlm_dot_v1_dot_rlm__pb2.RunInfo.SerializeToString,
+            ),
+            'GetRun': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetRun,
+                    request_deserializer=rlm_dot_v1_dot_rlm__pb2.RunRef.FromString,
+                    response_serializer=rlm_dot_v1_dot_rlm__pb2.RunInfo.SerializeToString,
+            ),
+            'CreateSession': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateSession,
+                    request_deserializer=rlm_dot_v1_dot_rlm__pb2.CreateSessionRequest.FromString,
+                    response_serializer=rlm_dot_v1_dot_rlm__pb2.SessionInfo.SerializeToString,
+            ),
+            'CloseSession': grpc.unary_unary_rpc_method_handler(
+                    servicer.CloseSession,
+                    request_deserializer=rlm_dot_v1_dot_rlm__pb2.SessionRef.FromString,
+                    response_serializer=rlm_dot_v1_dot_rlm__pb2.SessionInfo.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -188,6 +277,141 @@ class RLMService:
             '/rlm.v1.RLMService/UploadContext',
             rlm_dot_v1_dot_rlm__pb2.ContextChunk.SerializeToString,
             rlm_dot_v1_dot_rlm__pb2.ContextRef.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchRun(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/rlm.v1.RLMService/WatchRun',
+            rlm_dot_v1_dot_rlm__pb2.WatchRunRequest.SerializeToString,
+            rlm_dot_v1_dot_rlm__pb2.CompletionEvent.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CancelRun(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/rlm.v1.RLMService/CancelRun',
+            rlm_dot_v1_dot_rlm__pb2.RunRef.SerializeToString,
+            rlm_dot_v1_dot_rlm__pb2.RunInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetRun(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/rlm.v1.RLMService/GetRun',
+            rlm_dot_v1_dot_rlm__pb2.RunRef.SerializeToString,
+            rlm_dot_v1_dot_rlm__pb2.RunInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateSession(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/rlm.v1.RLMService/CreateSession',
+            rlm_dot_v1_dot_rlm__pb2.CreateSessionRequest.SerializeToString,
+            rlm_dot_v1_dot_rlm__pb2.SessionInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CloseSession(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/rlm.v1.RLMService/CloseSession',
+            rlm_dot_v1_dot_rlm__pb2.SessionRef.SerializeToString,
+            rlm_dot_v1_dot_rlm__pb2.SessionInfo.FromString,
             options,
             channel_credentials,
             insecure,

@@ -47,6 +47,22 @@ class RLMServiceStub:
     (ContextRef.expires_at) and refuses one over its size cap with
     RESOURCE_EXHAUSTED.
     """
+    WatchRun: _grpc.UnaryStreamMultiCallable[_rlm_pb2.WatchRunRequest, _rlm_pb2.CompletionEvent]
+    """--- runs that outlive their connection (issue 15) ---
+    WatchRun reattaches to a run: it replays the buffered events after
+    after_seq, then streams the rest live. Needs the run's token.
+    """
+    CancelRun: _grpc.UnaryUnaryMultiCallable[_rlm_pb2.RunRef, _rlm_pb2.RunInfo]
+    """CancelRun stops a run; its watchers get a CANCELLED error event."""
+    GetRun: _grpc.UnaryUnaryMultiCallable[_rlm_pb2.RunRef, _rlm_pb2.RunInfo]
+    """GetRun reports a run's state and its usage so far."""
+    CreateSession: _grpc.UnaryUnaryMultiCallable[_rlm_pb2.CreateSessionRequest, _rlm_pb2.SessionInfo]
+    """--- sessions (issue 15) ---
+    CreateSession starts a session: requests that name it share one REPL
+    (variables, imports, functions), the root history and the contexts.
+    """
+    CloseSession: _grpc.UnaryUnaryMultiCallable[_rlm_pb2.SessionRef, _rlm_pb2.SessionInfo]
+    """CloseSession ends a session and destroys its REPL."""
 
 @_typing.type_check_only
 class RLMServiceAsyncStub(RLMServiceStub):
@@ -67,6 +83,22 @@ class RLMServiceAsyncStub(RLMServiceStub):
     (ContextRef.expires_at) and refuses one over its size cap with
     RESOURCE_EXHAUSTED.
     """
+    WatchRun: _aio.UnaryStreamMultiCallable[_rlm_pb2.WatchRunRequest, _rlm_pb2.CompletionEvent]  # type: ignore[assignment]
+    """--- runs that outlive their connection (issue 15) ---
+    WatchRun reattaches to a run: it replays the buffered events after
+    after_seq, then streams the rest live. Needs the run's token.
+    """
+    CancelRun: _aio.UnaryUnaryMultiCallable[_rlm_pb2.RunRef, _rlm_pb2.RunInfo]  # type: ignore[assignment]
+    """CancelRun stops a run; its watchers get a CANCELLED error event."""
+    GetRun: _aio.UnaryUnaryMultiCallable[_rlm_pb2.RunRef, _rlm_pb2.RunInfo]  # type: ignore[assignment]
+    """GetRun reports a run's state and its usage so far."""
+    CreateSession: _aio.UnaryUnaryMultiCallable[_rlm_pb2.CreateSessionRequest, _rlm_pb2.SessionInfo]  # type: ignore[assignment]
+    """--- sessions (issue 15) ---
+    CreateSession starts a session: requests that name it share one REPL
+    (variables, imports, functions), the root history and the contexts.
+    """
+    CloseSession: _aio.UnaryUnaryMultiCallable[_rlm_pb2.SessionRef, _rlm_pb2.SessionInfo]  # type: ignore[assignment]
+    """CloseSession ends a session and destroys its REPL."""
 
 class RLMServiceServicer(metaclass=_abc_1.ABCMeta):
     """RLMService runs Recursive Language Model completions. The context never
@@ -102,5 +134,51 @@ class RLMServiceServicer(metaclass=_abc_1.ABCMeta):
         (ContextRef.expires_at) and refuses one over its size cap with
         RESOURCE_EXHAUSTED.
         """
+
+    @_abc_1.abstractmethod
+    def WatchRun(
+        self,
+        request: _rlm_pb2.WatchRunRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_rlm_pb2.CompletionEvent], _abc.AsyncIterator[_rlm_pb2.CompletionEvent]]:
+        """--- runs that outlive their connection (issue 15) ---
+        WatchRun reattaches to a run: it replays the buffered events after
+        after_seq, then streams the rest live. Needs the run's token.
+        """
+
+    @_abc_1.abstractmethod
+    def CancelRun(
+        self,
+        request: _rlm_pb2.RunRef,
+        context: _ServicerContext,
+    ) -> _typing.Union[_rlm_pb2.RunInfo, _abc.Awaitable[_rlm_pb2.RunInfo]]:
+        """CancelRun stops a run; its watchers get a CANCELLED error event."""
+
+    @_abc_1.abstractmethod
+    def GetRun(
+        self,
+        request: _rlm_pb2.RunRef,
+        context: _ServicerContext,
+    ) -> _typing.Union[_rlm_pb2.RunInfo, _abc.Awaitable[_rlm_pb2.RunInfo]]:
+        """GetRun reports a run's state and its usage so far."""
+
+    @_abc_1.abstractmethod
+    def CreateSession(
+        self,
+        request: _rlm_pb2.CreateSessionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_rlm_pb2.SessionInfo, _abc.Awaitable[_rlm_pb2.SessionInfo]]:
+        """--- sessions (issue 15) ---
+        CreateSession starts a session: requests that name it share one REPL
+        (variables, imports, functions), the root history and the contexts.
+        """
+
+    @_abc_1.abstractmethod
+    def CloseSession(
+        self,
+        request: _rlm_pb2.SessionRef,
+        context: _ServicerContext,
+    ) -> _typing.Union[_rlm_pb2.SessionInfo, _abc.Awaitable[_rlm_pb2.SessionInfo]]:
+        """CloseSession ends a session and destroys its REPL."""
 
 def add_RLMServiceServicer_to_server(servicer: RLMServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

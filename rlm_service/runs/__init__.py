@@ -1,0 +1,1 @@
+"""Runs that outlive their connection: detach grace, WatchRun, CancelRun, GetRun."""

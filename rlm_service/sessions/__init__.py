@@ -1,0 +1,1 @@
+"""Sessions: requests that share one REPL, root history and contexts."""
