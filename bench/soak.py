@@ -136,7 +136,9 @@ def settle(pid: int, runs: Path, metrics_port: int, seconds: float = 30.0) -> Sn
     deadline = time.monotonic() + seconds
     while True:
         snap = Snapshot(pid, runs, metrics_port)
-        if (snap.run_dirs <= POOL and not snap.strays) or time.monotonic() > deadline:
+        # Settled: the pool is full again (so its fds count in every snapshot alike) and
+        # nothing is left of the runs.
+        if (snap.run_dirs == POOL and not snap.strays) or time.monotonic() > deadline:
             return snap
         time.sleep(0.2)
 

@@ -52,7 +52,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     grace = _grace()
     if _armed or grace <= 0 or threading.current_thread() is not threading.main_thread():
         return
-    if os.environ.get("PYTEST_XDIST_WORKER"):
+    if hasattr(session.config, "workerinput"):
         # A worker whose share is done waits for the others; the controller's own
         # watchdog covers a hang of the whole run.
         return
