@@ -34,10 +34,11 @@ from rlm_client.events import read_events, to_json
 from rlm_service._gen.rlm.v1 import rlm_pb2
 from rlm_service.config import Settings
 
-# Differ from run to run by nature: clocks, ids, the sandbox layers of the machine, and
+# Differ from run to run by nature: clocks, ids and tokens, the sandbox layers of the machine, and
 # the running total a sub-call sees when it ends (it depends on which sibling ended first).
 VOLATILE = frozenset({"seq", "time", "request_id", "call_id", "parent_id", "latency_seconds",
-                      "duration_seconds", "elapsed_seconds", "sandbox_layers", "run_usage"})
+                      "duration_seconds", "elapsed_seconds", "sandbox_layers", "run_usage",
+                      "run_token"})
 _SUB_CALL = ("sub_call_started", "sub_call_finished")
 
 

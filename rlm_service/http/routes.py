@@ -42,7 +42,20 @@ async def _read_request(request: web.Request) -> rlm_pb2.CompletionRequest:
         return json_format.ParseDict(body, rlm_pb2.CompletionRequest(),
                                      ignore_unknown_fields=True)
     except json_format.ParseError as exc:
+        if "too deep" in str(exc):
+            # protobuf names no field; the deepest top-level value is the one to fix.
+            field = max(body, key=lambda k: _depth(body[k]))
+            raise BadBody(f"{field} is nested too deeply ({exc})") from None
         raise BadBody(f"invalid request: {exc}") from None
+
+
+def _depth(value: Any) -> int:
+    depth, level = 0, [value]
+    while level:
+        depth += 1
+        level = [v for item in level if isinstance(item, dict | list)
+                 for v in (item.values() if isinstance(item, dict) else item)]
+    return depth
 
 
 def _reject_bools(body: dict[str, Any], descriptor: Any) -> None:

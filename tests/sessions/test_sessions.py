@@ -82,7 +82,8 @@ async def test_wrong_token_is_refused(server) -> None:
 
 async def test_idle_ttl_ends_the_session_and_its_repl(start_server,
                                                       fake_gemini: FakeGemini) -> None:
-    server = await start_server(session_idle_ttl_seconds=0.6, sandbox_pool_size=0)
+    server = await start_server(session_idle_ttl_seconds=0.6, sandbox_pool_size=0,
+                                sandbox_pool_max=0)
     fake_gemini.script("MARK-SESS-TTL", [repl("x = 1\nFINAL('kept')")])
     async with open_stub(server) as stub:
         before = sandbox_pids()

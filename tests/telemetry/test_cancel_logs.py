@@ -43,7 +43,10 @@ async def test_client_cancel_logs_no_error(start_server: StartServer, fake_gemin
         # Whatever is left of the handler's generators is collected now, not later.
         gc.collect()
         await asyncio.sleep(0.2)
-    assert any(r.getMessage() == "client cancelled the run" for r in caplog.records), \
-        [r.getMessage() for r in caplog.records]
+    messages = [r.getMessage() for r in caplog.records]
+    # While writing, the run's pump may have produced every event (and the run ended)
+    # before the cancel lands: then there is nothing left to cancel, and no ERROR either.
+    if while_ == "waiting":
+        assert "client cancelled the run" in messages, messages
     errors = [(r.name, r.getMessage()) for r in caplog.records if r.levelno >= logging.ERROR]
     assert errors == []
