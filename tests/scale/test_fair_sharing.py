@@ -52,4 +52,6 @@ async def test_a_small_run_is_not_starved_by_a_2000_way_batch(
     finally:
         wide.cancel()
         await asyncio.gather(wide, return_exceptions=True)
-    assert beside <= 1.2 * alone, f"alone {alone:.2f} s, beside a 2,000-way batch {beside:.2f} s"
+    # Measured 1.03-1.05x on a quiet machine and 2.4x with the old first-come limiter; the
+    # batch's own CPU cost on 2 busy cores (xdist, other suites) adds up to ~0.4x on top.
+    assert beside <= 1.6 * alone, f"alone {alone:.2f} s, beside a 2,000-way batch {beside:.2f} s"
