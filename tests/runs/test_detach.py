@@ -165,7 +165,8 @@ async def test_no_grace_keeps_cancel_on_disconnect(start_server,
         started = _started(await _until(call, "root_turn"))
         running = busy_repl_pids(server)
         call.cancel()
-        assert await wait_for(lambda: not [p for p in running if alive(p)], 2.0)
+        # Within a few seconds even on a busy machine (three test workers on two cores).
+        assert await wait_for(lambda: not [p for p in running if alive(p)], 5.0)
         # Without a grace nothing is kept once the run has wound down.
         code = None
         for _ in range(100):
