@@ -202,9 +202,12 @@ class Attachment:
         return self._events
 
     async def __aexit__(self, *exc_info: object) -> None:
+        # Released before any await: a second cancel of the handler landing in the awaits
+        # below must not leave the run going on with no watcher and no grace.
+        cancelled = self.live.release(self._queue)
         if self._events is not None:
             await self._events.aclose()
-        if self.live.release(self._queue):
+        if cancelled:
             # As before detaching existed: the handler ends only once the run has.
             await self.live.wait()
 
