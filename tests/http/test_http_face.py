@@ -15,7 +15,8 @@ from rlm_service._gen.rlm.v1 import rlm_pb2
 from rlm_service.server import Server
 from tests.conftest import API_KEY, ROOT_MODEL, busy_repl_pids, repl
 from tests.fakes.gemini import FakeGemini, Fault
-from tests.recursion.test_cancel import alive, wait_for
+from tests.support.procs import is_alive as alive
+from tests.support.procs import settled as wait_for
 
 OPENAPI = Path(__file__).resolve().parents[2] / "rlm_service/http/openapi.json"
 

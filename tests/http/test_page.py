@@ -13,7 +13,8 @@ from rlm_service.auth import digest_of
 from tests.conftest import SUB_MODEL, StartServer, busy_repl_pids, repl
 from tests.fakes.gemini import FakeGemini, Fault
 from tests.http.conftest import ARTIFACTS, Browser, needs_chromium, page_url
-from tests.recursion.test_cancel import alive, wait_for
+from tests.support.procs import is_alive as alive
+from tests.support.procs import settled as wait_for
 
 pytestmark = needs_chromium
 

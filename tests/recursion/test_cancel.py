@@ -2,33 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
-from collections.abc import Callable
 
 from rlm_client import make_request
 from tests.conftest import busy_repl_pids, collect, final_of, of_kind, repl
 from tests.fakes.gemini import FakeGemini
 from tests.recursion import open_stub
-
-
-def alive(pid: int) -> bool:
-    """A process that still exists and is not a zombie. Killed sandbox processes
-    are reparented to the machine's init, which may reap them only later."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
-async def wait_for(predicate: Callable[[], bool], timeout: float) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if predicate():
-            return True
-        await asyncio.sleep(0.02)
-    return bool(predicate())
+from tests.support.procs import is_alive as alive
+from tests.support.procs import settled as wait_for
 
 
 async def test_cancel_during_batch_stops_calls_and_repl(start_server,

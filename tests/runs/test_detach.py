@@ -13,7 +13,8 @@ from rlm_service._gen.rlm.v1 import rlm_pb2, rlm_pb2_grpc
 from tests.conftest import busy_repl_pids, repl
 from tests.fakes.gemini import FakeGemini
 from tests.recursion import open_stub
-from tests.recursion.test_cancel import alive, wait_for
+from tests.support.procs import is_alive as alive
+from tests.support.procs import settled as wait_for
 
 SLOW_STEPS = [
     repl("import time\ntime.sleep(0.4)\nstep = 1\nprint('one')"),

@@ -14,7 +14,8 @@ from rlm_service._gen.rlm.v1 import rlm_pb2, rlm_pb2_grpc
 from tests.conftest import final_of, of_kind, repl, sandbox_pids
 from tests.fakes.gemini import FakeGemini
 from tests.recursion import open_stub
-from tests.recursion.test_cancel import alive, wait_for
+from tests.support.procs import is_alive as alive
+from tests.support.procs import settled as wait_for
 
 
 def _on(session: rlm_pb2.SessionInfo, prompt: str, context: str,

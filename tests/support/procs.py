@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 from collections.abc import Callable, Iterable
@@ -105,3 +106,14 @@ def assert_gone(pids: Iterable[int], timeout: float = 5.0) -> None:
     while (left := alive(pids)) and time.monotonic() < end:
         time.sleep(0.02)
     assert not left, f"still running after {timeout} s: {sorted(left)}"
+
+
+async def settled(predicate: Callable[[], bool], timeout: float) -> bool:
+    """Whether ``predicate()`` holds within ``timeout`` seconds; polls without blocking
+    the event loop, so a server in this process keeps tearing things down meanwhile."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if predicate():
+            return True
+        await asyncio.sleep(0.02)
+    return bool(predicate())
