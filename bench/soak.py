@@ -36,6 +36,8 @@ import grpc
 
 from rlm_client import make_request
 from rlm_service._gen.rlm.v1 import rlm_pb2_grpc
+from tests.fakes.gemini import FakeGemini
+from tests.support.procs import cmdlines
 
 MARK = "SOAK-MARK"
 POOL = 2
@@ -60,18 +62,10 @@ def proc_status(pid: int, key: str) -> int:
 
 
 def sandbox_processes(runs: Path) -> dict[int, str]:
+    """Processes whose command line names a path under ``runs`` (every REPL's bwrap)."""
     needle = str(runs).encode()
-    found = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/cmdline", "rb") as f:
-                    cmd = f.read()
-            except OSError:
-                continue
-            if needle in cmd:
-                found[int(entry)] = cmd.decode(errors="replace")
-    return found
+    return {pid: cmd.decode(errors="replace") for pid, cmd in cmdlines().items()
+            if needle in cmd}
 
 
 def escaped(metrics_port: int) -> float:
@@ -150,9 +144,6 @@ def main() -> None:
     ap.add_argument("--phases", default="mixed,storm", help="which phases, in order")
     args = ap.parse_args()
     runs_per_phase = 100 if args.quick else args.runs
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-    from tests.fakes.gemini import FakeGemini
-
     tmp = Path(tempfile.mkdtemp(prefix="rlm-soak-"))
     port, metrics_port = free_port(), free_port()
     with FakeGemini() as fake:
