@@ -13,6 +13,7 @@ import contextlib
 import logging
 import math
 import time
+from collections import deque
 from typing import Literal
 
 from rlm_service.repl.process import ReplProcess
@@ -39,7 +40,7 @@ class ReplPool:
         self._idle_since: dict[ReplProcess, float] = {}
         self._live: set[ReplProcess] = set()
         self._refills: set[asyncio.Task[None]] = set()
-        self._arrivals: list[float] = []
+        self._arrivals: deque[float] = deque()
         self._start_seconds = DEFAULT_START_SECONDS
         self._closed = False
 
@@ -57,7 +58,8 @@ class ReplPool:
         now = time.monotonic()
         # Arrivals older than the idle timeout no longer hold REPLs back from closing.
         window = min(RATE_WINDOW_SECONDS, self.idle_seconds)
-        self._arrivals = [t for t in self._arrivals if now - t < window]
+        while self._arrivals and now - self._arrivals[0] >= window:
+            self._arrivals.popleft()  # oldest first: pruning is O(expired), not O(all)
         rate = len(self._arrivals) / window
         wanted = math.ceil(rate * self._start_seconds) + (1 if self._arrivals else 0)
         return min(self.max_size, max(self.size, wanted))
