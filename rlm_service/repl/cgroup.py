@@ -169,8 +169,16 @@ class CgroupTree:
     def close(self) -> None:
         """Removes the service's parent cgroups (ReplCgroups.close empties them first)."""
         for base in self.bases:
-            with contextlib.suppress(OSError):
-                base.rmdir()
+            for _ in range(100):  # a REPL cgroup removed just now may still be settling
+                try:
+                    base.rmdir()
+                    break
+                except FileNotFoundError:
+                    break
+                except OSError:
+                    time.sleep(0.01)
+            else:
+                log.warning("could not remove the service cgroup", extra={"path": str(base)})
 
 
 class ReplCgroups:

@@ -79,6 +79,11 @@ class ReplPool:
         repl = await ReplProcess.start(self.sandbox)
         # A moving average: start times vary with load, which is what matters here.
         self._start_seconds = 0.8 * self._start_seconds + 0.2 * (time.monotonic() - started)
+        if self._closed:
+            # close() has already swept: a REPL finished after it would outlive the
+            # pool and keep the sandbox's cgroups from being removed.
+            await repl.close()
+            raise RuntimeError("the REPL pool is closed")
         self._live.add(repl)
         return repl
 
@@ -86,13 +91,11 @@ class ReplPool:
         try:
             repl = await self._spawn()
         except Exception:
-            log.exception("could not pre-start a REPL")
+            if not self._closed:
+                log.exception("could not pre-start a REPL")
             return
-        if self._closed:
-            await self.release(repl)
-        else:
-            self._idle.append(repl)
-            self._idle_since[repl] = time.monotonic()
+        self._idle.append(repl)
+        self._idle_since[repl] = time.monotonic()
 
     def _refill(self) -> None:
         if self._closed:

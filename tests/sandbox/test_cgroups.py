@@ -12,6 +12,7 @@ import grpc
 import pytest
 
 from rlm_service._gen.rlm.v1 import rlm_pb2_grpc
+from rlm_service.server import Server
 from tests.conftest import StartServer, collect, final_of, of_kind, repl
 from tests.fakes.gemini import FakeGemini
 
@@ -20,9 +21,11 @@ pytestmark = [pytest.mark.asyncio, pytest.mark.timeout(90)]
 MEMORY_MB = 1024
 
 
-def service_cgroups() -> list[Path]:
-    """This test process's REPL cgroup folders (the server runs in this process)."""
-    return [p for p in Path("/sys/fs/cgroup").rglob(f"rlm-{os.getpid()}-*") if p.is_dir()]
+def service_cgroups(server: Server) -> list[Path]:
+    """The cgroup folders of this server's sandbox: not those of other servers that ran
+    earlier in the same test process and share its pid."""
+    assert server.sandbox is not None and server.sandbox.cgroups is not None
+    return [p for p in server.sandbox.cgroups.tree.bases if p.is_dir()]
 
 
 # Four children each touch 320 MB: every one is inside RLIMIT_AS (1 GiB a process, the
@@ -71,7 +74,7 @@ async def test_one_memory_budget_for_all_processes_and_cleanup(
     killed = int(out.split("killed", 1)[1].split()[0])
     assert killed >= 1, out
     assert final_of(events).answer == "still here"
-    bases = service_cgroups()
+    bases = service_cgroups(server)
     assert bases, "the service made no cgroup folder"
     # The run is over: its REPL's cgroups are gone (only the base folders remain).
     deadline = asyncio.get_running_loop().time() + 5
