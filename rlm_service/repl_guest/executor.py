@@ -12,14 +12,16 @@ import signal
 import sys
 import threading
 import time
-import traceback
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any, TypeVar
 
 from rlm_service.repl_guest import protocol
+from rlm_service.repl_guest.records import record
 
-T = TypeVar("T")
+TYPE_CHECKING = False  # typing is not imported: the guest pays for every import
+if TYPE_CHECKING:
+    from typing import Any, TypeVar
+
+    T = TypeVar("T")
 # How long str() of a FINAL_VAR variable may take (it runs the model's __str__).
 GET_VAR_TIMEOUT = 10.0
 _GUEST_DIR = __file__.rsplit("/", 1)[0]
@@ -77,7 +79,7 @@ def too_long(what: str, size: int) -> str:
             f"{protocol.MAX_ANSWER_CHARS:,}. Shorten it (or summarise) and answer again.")
 
 
-@dataclass
+@record
 class Outcome:
     """What one block left behind, before it becomes an ``ExecReply``."""
 
@@ -175,6 +177,8 @@ class Executor:
         # Drop the guest's own frames so the model sees only its code.
         while tb is not None and tb.tb_frame.f_code.co_filename.startswith(_GUEST_DIR):
             tb = tb.tb_next
+        import traceback  # only when there is an error to show (it loads tokenize)
+
         try:
             return "".join(traceback.format_exception(type(exc), exc, tb))
         except BaseException:  # the model's own __str__ failed too

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -49,30 +50,49 @@ class Answer(dict[str, Any]):
 
 
 class CallbackClient:
-    """The gRPC stub of the service's LLMQuery callback, for this run."""
+    """The gRPC stub of the service's LLMQuery callback, for this run.
+
+    Connected on the first sub-call, not at start: grpcio and the generated stubs are
+    over half of a REPL's start-up CPU, and many runs never make a sub-call. Model code
+    that fills the host's cap on this REPL's callback connections before its first
+    sub-call only makes its own sub-calls fail.
+    """
 
     def __init__(self, socket_path: str, secret: str) -> None:
-        import grpc
-
-        from rlm_service._gen.rlm.internal.v1 import llm_query_pb2, llm_query_pb2_grpc
-
+        self.socket_path = socket_path
         self.secret = secret
-        self.pb: Any = llm_query_pb2
-        channel = grpc.insecure_channel("unix://" + socket_path, options=[
-            ("grpc.max_send_message_length", -1),
-            ("grpc.max_receive_message_length", -1),
-        ])
-        # Connected now, before model code runs: the host caps this REPL's callback
-        # connections, and the REPL's own must not be the one refused.
-        with contextlib.suppress(grpc.FutureTimeoutError):
-            grpc.channel_ready_future(channel).result(timeout=10)
-        self._stub = llm_query_pb2_grpc.LLMQueryServiceStub(channel)
+        self.pb: Any = None
+        self._stub: Any = None
+        self._lock = threading.Lock()  # model code may call from several threads
+
+    def _connect(self) -> Any:
+        with self._lock:
+            if self._stub is None:
+                import grpc
+
+                from rlm_service._gen.rlm.internal.v1 import llm_query_pb2, llm_query_pb2_grpc
+
+                channel = grpc.insecure_channel("unix://" + self.socket_path, options=[
+                    ("grpc.max_send_message_length", -1),
+                    ("grpc.max_receive_message_length", -1),
+                ])
+                with contextlib.suppress(grpc.FutureTimeoutError):
+                    grpc.channel_ready_future(channel).result(timeout=10)
+                self.pb = llm_query_pb2
+                self._stub = llm_query_pb2_grpc.LLMQueryServiceStub(channel)
+            return self._stub
+
+    def messages(self) -> Any:
+        """The generated message module (loaded with the client)."""
+        self._connect()
+        return self.pb
 
     def call(self, method: str, request: Any) -> Any:
         import grpc
 
+        stub = self._connect()
         try:
-            return getattr(self._stub, method)(
+            return getattr(stub, method)(
                 request, metadata=((protocol.SECRET_METADATA_KEY, self.secret),))
         except grpc.RpcError as exc:
             details = exc.details() if hasattr(exc, "details") else str(exc)
@@ -136,18 +156,18 @@ class ModelFunctions:
 
     # --- sub-calls --------------------------------------------------------------
     def llm_query(self, prompt: Any, model: str | None = None) -> str:
-        pb = self.client.pb
+        pb = self.client.messages()
         request = pb.QueryRequest(prompt=_text(prompt), model=_text(model or ""))
         return str(self.client.call("Query", request).text)
 
     def llm_query_batched(self, prompts: Any, model: str | None = None) -> list[str]:
-        pb = self.client.pb
+        pb = self.client.messages()
         request = pb.QueryBatchedRequest(prompts=[_text(p) for p in prompts],
                                          model=_text(model or ""))
         return self._texts(self.client.call("QueryBatched", request), len(request.prompts))
 
     def rlm_query(self, prompt: Any, context: Any = None, model: str | None = None) -> str:
-        pb = self.client.pb
+        pb = self.client.messages()
         request = pb.QueryRequest(prompt=_text(prompt), model=_text(model or ""),
                                   recursive=True)
         if context is not None:
@@ -156,7 +176,7 @@ class ModelFunctions:
 
     def rlm_query_batched(self, prompts: Any, contexts: Any = None,
                           model: str | None = None) -> list[str]:
-        pb = self.client.pb
+        pb = self.client.messages()
         texts = [_text(p) for p in prompts]
         request = pb.QueryBatchedRequest(prompts=texts, model=_text(model or ""),
                                          recursive=True)

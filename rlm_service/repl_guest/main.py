@@ -8,18 +8,38 @@ serves exactly one run. The pieces: ``channel`` (frames), ``executor`` (blocks),
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import resource
 import socket
-from typing import Any
 
 from rlm_service.repl_guest import protocol
 from rlm_service.repl_guest.channel import Channel
 from rlm_service.repl_guest.executor import Executor, Outcome, too_long
 from rlm_service.repl_guest.framing import FrameError
 from rlm_service.repl_guest.functions import NAMES, CallbackClient, ModelFunctions
+
+TYPE_CHECKING = False  # typing is not imported: the guest pays for every import
+if TYPE_CHECKING:
+    from typing import Any
+
+# The service is the only caller, so a flat ``--name value`` list is all there is to
+# read; argparse (with the shutil, locale and gettext it loads) cost every REPL 4 ms.
+OPTIONS = {"--ctrl-fd": int, "--limits": str, "--max-output": int}
+DEFAULTS: dict[str, Any] = {"--limits": "{}", "--max-output": 20_000}
+
+
+def parse_args(argv: list[str]) -> dict[str, Any]:
+    if len(argv) % 2:
+        raise SystemExit(f"usage: {' '.join(f'{k} VALUE' for k in OPTIONS)}")
+    values = dict(DEFAULTS)
+    for key, value in zip(argv[::2], argv[1::2], strict=True):
+        if key not in OPTIONS:
+            raise SystemExit(f"unknown option {key}")
+        values[key] = OPTIONS[key](value)
+    if "--ctrl-fd" not in values:
+        raise SystemExit("--ctrl-fd is required")
+    return values
 
 
 def apply_limits(limits: dict[str, int]) -> None:
@@ -115,27 +135,22 @@ class Guest:
         return text
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--ctrl-fd", type=int, required=True)
-    parser.add_argument("--limits", default="{}")
-    parser.add_argument("--max-output", type=int, default=20_000)
-    args = parser.parse_args()
-    apply_limits(json.loads(args.limits))
+def main(argv: list[str] | None = None) -> None:
+    import sys
+
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    apply_limits(json.loads(args["--limits"]))
     # Model code sees no stdin; fds 1/2 stay pipes the service drains.
     devnull = os.open(os.devnull, os.O_RDONLY)
     os.dup2(devnull, 0)
     os.close(devnull)
-    channel = Channel(socket.socket(fileno=args.ctrl_fd))
+    channel = Channel(socket.socket(fileno=args["--ctrl-fd"]))
     # gRPC's fork handlers restart its threads in every forked child and abort when
     # pthread_create fails: a fork bomb would hang the block instead of meeting
     # RLIMIT_NPROC. A forked child cannot use the parent's channel either way.
+    # (Set now: model code may fork before the first sub-call imports grpc.)
     os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "0")
-    import grpc  # noqa: F401  (imported before ready so a run never pays for it)
-
-    from rlm_service._gen.rlm.internal.v1 import llm_query_pb2_grpc  # noqa: F401
-
-    guest = Guest(channel, args.max_output)
+    guest = Guest(channel, args["--max-output"])
     guest.executor.install_timer()
     channel.send(protocol.Ready(pid=os.getpid()))
     guest.serve()

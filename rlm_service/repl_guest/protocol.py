@@ -15,10 +15,13 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
 
 from rlm_service.repl_guest.framing import MAX_FRAME, FrameError, decode_body, encode
+from rlm_service.repl_guest.records import as_dict, list_field, record
+
+TYPE_CHECKING = False  # typing itself is not imported: the guest pays for every import
+if TYPE_CHECKING:
+    from typing import Any, Literal
 
 __all__ = [
     "MAX_FRAME", "Ack", "ExecReply", "ExecRequest", "FrameError", "GetVarRequest",
@@ -64,7 +67,7 @@ def clip_name(name: str) -> str:
 
 
 # --- host -> guest ---------------------------------------------------------------
-@dataclass(frozen=True)
+@record(frozen=True)
 class InitRequest:
     context_path: str
     context_kind: Literal["str", "json"]
@@ -73,14 +76,14 @@ class InitRequest:
     op: Literal["init"] = "init"
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class ExecRequest:
     code: str
     timeout: float
     op: Literal["exec"] = "exec"
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class GetVarRequest:
     name: str
     op: Literal["get_var"] = "get_var"
@@ -90,19 +93,19 @@ HostMessage = InitRequest | ExecRequest | GetVarRequest
 
 
 # --- guest -> host ---------------------------------------------------------------
-@dataclass(frozen=True)
+@record(frozen=True)
 class Ready:
     pid: int
     op: Literal["ready"] = "ready"
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Ack:
     ok: bool
     error: str = ""
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class ExecReply:
     stdout: str
     stderr: str
@@ -114,18 +117,18 @@ class ExecReply:
     # Set only when the block gave the answer; ``partial`` only when it did not.
     final: str | None = None
     partial: str | None = None
-    vars: list[str] = field(default_factory=list)
+    vars: list[str] = list_field()
     ok: bool = True
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class VarReply:
     ok: bool
     value: str = ""
     error: str = ""
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class PartialPush:
     content: str
     push: Literal["partial"] = "partial"
@@ -135,7 +138,7 @@ GuestMessage = Ready | Ack | ExecReply | VarReply | PartialPush
 
 
 def to_frame(message: HostMessage | GuestMessage) -> bytes:
-    return encode(asdict(message))
+    return encode(as_dict(message))
 
 
 # --- checking --------------------------------------------------------------------

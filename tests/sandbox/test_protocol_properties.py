@@ -15,7 +15,6 @@ import json
 import math
 import socket
 import struct
-from dataclasses import asdict
 from typing import Any
 
 import pytest
@@ -26,6 +25,7 @@ from rlm_service._gen.rlm.v1 import rlm_pb2
 from rlm_service.repl.control import BadFrame, Control
 from rlm_service.repl_guest import protocol
 from rlm_service.repl_guest.framing import FrameError, decode_body
+from rlm_service.repl_guest.records import as_dict as asdict
 
 EXPECTED = [protocol.Ready, protocol.Ack, protocol.ExecReply, protocol.VarReply]
 FIELDS = ["ok", "op", "pid", "error", "value", "stdout", "stderr", "stdout_total",
