@@ -6,11 +6,13 @@ imports ``rlm_service.repl_guest``) does not load the service's modules.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+TYPE_CHECKING = False  # not typing's: the sandboxed REPL imports this package too
 
 __all__ = ["Settings", "serve"]
 
 if TYPE_CHECKING:
+    from typing import Any
+
     from rlm_service.config import Settings
     from rlm_service.server import serve
 

@@ -12,10 +12,13 @@ import json
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
 
 from rlm_service.repl_guest import protocol
 from rlm_service.repl_guest.executor import Executor, FinalSignal, too_long
+
+TYPE_CHECKING = False  # typing is not imported: the guest pays for every import
+if TYPE_CHECKING:
+    from typing import Any
 
 NAMES = frozenset({
     "context", "llm_query", "llm_query_batched", "rlm_query", "rlm_query_batched",
@@ -27,7 +30,7 @@ def _text(value: Any) -> str:
     return protocol.clean_text(str(value))
 
 
-class Answer(dict[str, Any]):
+class Answer(dict[str, "Any"]):  # a string: typing is not imported at run time
     """The REPL's ``answer`` dict; setting its content also pushes it to the service."""
 
     def __init__(self, push: Callable[[str], None]) -> None:
