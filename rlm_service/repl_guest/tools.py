@@ -85,5 +85,6 @@ def install(ns: dict[Any, Any], module: ToolModule, client: CallbackClient,
     for stale in installed - set(functions):
         ns.pop(stale, None)
     ns.update(functions)
-    ns["ToolError"] = ToolError
+    if functions:
+        ns["ToolError"] = ToolError
     return set(functions)
