@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import aiohttp
 import grpc
 import pytest
 
@@ -79,3 +80,17 @@ async def test_a_request_narrows_its_tools(
                           tools=rlm_pb2.ToolSelection(names=["words", "rm_rf"]))
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "'rm_rf', which this server does not offer" in (err.value.details() or "")
+    # The HTTP face refuses the same way, and its OpenAPI document lists the names.
+    base = f"http://127.0.0.1:{server.http_port}"
+    async with aiohttp.ClientSession() as http:
+        async with http.post(f"{base}/completion", json={
+                "prompt": "MARK-NARROW go", "tools": {"names": ["rm_rf"]}}) as response:
+            assert response.status == 400
+            assert "'rm_rf', which this server does not offer" in (await response.json())[
+                "error"]
+        async with http.get(f"{base}/openapi.json") as response:
+            doc = await response.json()
+    names = doc["components"]["schemas"]["CompletionRequest"]["properties"]["tools"][
+        "properties"]["names"]
+    assert names["items"]["enum"] == ["big", "bounce", "echo", "scribble", "shout", "slow",
+                                      "whoami", "words"]
