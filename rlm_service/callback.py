@@ -17,7 +17,7 @@ from google.protobuf import json_format
 from rlm_service._gen.rlm.internal.v1 import llm_query_pb2, llm_query_pb2_grpc
 from rlm_service.repl.calls import CallCaps
 from rlm_service.repl_guest import protocol
-from rlm_service.run import subcalls
+from rlm_service.run import subcalls, tool_calls
 from rlm_service.run.loop import Run
 
 log = logging.getLogger(__name__)
@@ -105,6 +105,19 @@ class LLMQueryServicer(llm_query_pb2_grpc.LLMQueryServiceServicer):
         return llm_query_pb2.QueryBatchedResponse(
             responses=[llm_query_pb2.QueryResponse(text=t, error=e) for t, e in results]
         )
+
+    async def CallTool(self, request: llm_query_pb2.CallToolRequest,
+                       context: grpc.aio.ServicerContext[Any, Any],
+                       ) -> llm_query_pb2.CallToolResponse:
+        run = await self._run_for(context)
+        with self.caps.admit(run, request.ByteSize()) as refused:
+            if refused is not None:
+                return llm_query_pb2.CallToolResponse(text=refused.removeprefix("Error: "),
+                                                      error=True)
+            reply, error = await run.spawn(
+                tool_calls.call(run, request.name, request.arguments_json))
+        return llm_query_pb2.CallToolResponse(text=reply.text, error=error,
+                                              is_json=reply.is_json)
 
 
 def _from_value(value: Any) -> Any:

@@ -137,6 +137,22 @@ class Settings(BaseSettings):
     compaction_threshold: float = Field(0.0, ge=0, le=1)
     session_idle_ttl_seconds: float = Field(900.0, gt=0)
 
+    # --- operator tools (rlm_service/tools/) ----------------------------------------
+    # A .py file or package folder whose public documented functions the REPL gets;
+    # mounted read-only into the sandbox and run there, never imported by the server.
+    tools_module: str | None = None
+    # A JSON file of host-side HTTP tools the service calls for the REPL.
+    http_tools_file: str | None = None
+    # host or host:port entries, comma-separated; a declared tool elsewhere fails start-up.
+    http_tools_allowed_hosts: str = ""
+    http_tools_timeout_seconds: float = Field(10.0, gt=0, le=600)
+    # Largest reply body (and arguments) of one HTTP tool call.
+    http_tools_max_bytes: int = Field(1 << 20, ge=1)
+    # HTTP tool calls per request, all depths together; 0 = no limit.
+    http_tools_max_calls: int = Field(100, ge=0)
+    # The tools rlm_query's child runs get: "*" = the root run's, "" = none, or names.
+    child_run_tools: str = "*"
+
     # --- sandbox ------------------------------------------------------------
     # Comma-separated sandbox layers the service may run without, or "all".
     sandbox_allow_missing: str = ""

@@ -65,7 +65,7 @@ def _lenient_request_class() -> type[Message]:
     out = descriptor_pb2.FileDescriptorProto(name="rlm_lenient.proto", package="rlm_lenient",
                                              syntax="proto3")
     out.message_type.extend(m for m in rlm_file.message_type
-                            if m.name in ("CompletionRequest", "ModelOptions"))
+                            if m.name in ("CompletionRequest", "ModelOptions", "ToolSelection"))
     out.message_type.extend(struct_file.message_type)
     out.enum_type.extend(struct_file.enum_type)
     renames = {".rlm.v1.": ".rlm_lenient.", ".google.protobuf.": ".rlm_lenient."}
@@ -99,6 +99,7 @@ def _first_bad_utf8(raw: bytes) -> str | None:
         return None
     todo: list[tuple[bytes, str]] = [
         (getattr(message, name), name) for name in ("prompt", "root_model", "sub_model")]
+    todo += [(n, f"tools.names[{i}]") for i, n in enumerate(message.tools.names)]
     values: list[tuple[Any, str]] = [(message.context, "context")] if message.HasField(
         "context") else []
     while values:

@@ -100,7 +100,9 @@ def final_answer(f: FinalAnswer) -> rlm_pb2.FinalAnswer:
     return message
 
 
-def _kind(recursive: bool) -> rlm_pb2.SubCallKind.ValueType:
+def _kind(recursive: bool, tool: str) -> rlm_pb2.SubCallKind.ValueType:
+    if tool:
+        return rlm_pb2.SUB_CALL_KIND_TOOL
     return rlm_pb2.SUB_CALL_KIND_RLM if recursive else rlm_pb2.SUB_CALL_KIND_LLM
 
 
@@ -132,12 +134,12 @@ def wire_event(event: events.RunEvent) -> rlm_pb2.CompletionEvent:
         case events.SubCallStarted():
             return rlm_pb2.CompletionEvent(sub_call_started=rlm_pb2.SubCallStarted(
                 call_id=event.call_id, parent_id=event.parent_id, depth=event.depth,
-                model=event.model, kind=_kind(event.recursive),
-                prompt_preview=event.prompt_preview))
+                model=event.model, kind=_kind(event.recursive, event.tool),
+                prompt_preview=event.prompt_preview, tool=event.tool))
         case events.SubCallFinished():
             return rlm_pb2.CompletionEvent(sub_call_finished=rlm_pb2.SubCallFinished(
                 call_id=event.call_id, parent_id=event.parent_id, depth=event.depth,
-                model=event.model, kind=_kind(event.recursive),
+                model=event.model, kind=_kind(event.recursive, event.tool), tool=event.tool,
                 prompt_preview=event.prompt_preview, response_preview=event.response_preview,
                 usage=usage(event.usage) if event.usage is not None else None,
                 latency_seconds=event.latency_seconds, error=event.error,

@@ -40,6 +40,9 @@ from rlm_service.telemetry.interceptor import TelemetryInterceptor
 from rlm_service.telemetry.rpc_metrics import RpcMetrics
 from rlm_service.telemetry.rpc_spans import RpcSpans
 from rlm_service.telemetry.tracing import setup_tracing, shutdown_tracing
+from rlm_service.tools import Toolbox
+from rlm_service.tools.http_call import HttpToolClient
+from rlm_service.tools.http_config import AllowList
 from rlm_service.uploads import ContextStore
 
 if TYPE_CHECKING:
@@ -118,6 +121,7 @@ class Server:
         # Built here, not at import: the settings' price and limit overrides apply to
         # this server only, and a bad override fails the start.
         catalog = self.catalog = ModelCatalog(s)
+        tools = Toolbox.from_settings(s)  # edge: a bad tool setting fails the start
         backends = build_backends(s)
         for backend in backends.values():
             stack.push_async_callback(_quietly, backend.aclose)
@@ -132,7 +136,7 @@ class Server:
         callback = await start_callback_server(
             registry, socket_path, s.max_message_bytes, s.max_batch_prompts)
         stack.push_async_callback(callback.stop, None)
-        sandbox = self.sandbox = Sandbox(s, runtime_dir, socket_path)
+        sandbox = self.sandbox = Sandbox(s, runtime_dir, socket_path, tools.module)
         stack.push_async_callback(asyncio.to_thread, sandbox.close)
         await asyncio.to_thread(sandbox.probe)
         pool = self._pool = ReplPool(sandbox, s.sandbox_pool_size, s.sandbox_pool_max,
@@ -143,7 +147,13 @@ class Server:
         metrics.rlm_sandbox_busy.set_function(lambda: pool.busy)
         upkeep = asyncio.create_task(_upkeep(pool, sandbox))
         stack.push_async_callback(_cancelled, upkeep)
-        self.engine = Engine(s, backends, pool, registry, sandbox.layers, pricing=catalog)
+        tool_client = None
+        if tools.http:
+            tool_client = HttpToolClient(AllowList(s.http_tools_allowed_hosts),
+                                         s.http_tools_max_bytes)
+            stack.push_async_callback(tool_client.aclose)
+        self.engine = Engine(s, backends, pool, registry, sandbox.layers, pricing=catalog,
+                             tools=tools, tool_client=tool_client)
         contexts = self.contexts = ContextStore(
             runtime_dir / "uploads", max_bytes=s.context_upload_max_bytes,
             total_bytes=s.context_upload_total_bytes, ttl_seconds=s.context_upload_ttl_seconds)

@@ -28,6 +28,7 @@ from rlm_service.sessions.rpc import SessionControl
 from rlm_service.sessions.store import SessionStore
 from rlm_service.slots import Overloaded, RunSlots
 from rlm_service.streaming import RequestStream
+from rlm_service.tools import Toolbox
 from rlm_service.uploads import ContextStore
 from rlm_service.uploads import rpc as uploads_rpc
 
@@ -57,7 +58,8 @@ def _check_options(opts: rlm_pb2.ModelOptions, which: str) -> GenerateOptions:
 
 def build_spec(request: rlm_pb2.CompletionRequest, settings: Settings,
                deadline_left: float | None, contexts: ContextStore | None = None,
-               sessions: SessionStore | None = None) -> RunSpec:
+               sessions: SessionStore | None = None,
+               toolbox: Toolbox | None = None) -> RunSpec:
     """Turns a request into a RunSpec or raises InvalidRequest with an actionable message
     (ContextNotFound for an unknown ``context_ref``)."""
     try:  # edge: value checks protobuf does not make, and the spend ceilings
@@ -114,6 +116,14 @@ def build_spec(request: rlm_pb2.CompletionRequest, settings: Settings,
             schema = AnswerSchema(json_format.MessageToDict(request.answer_schema))
         except BadSchema as exc:
             raise InvalidRequest(str(exc)) from None
+    tools = None
+    if request.HasField("tools"):
+        tools = frozenset(request.tools.names)
+        declared = (toolbox or Toolbox()).all.names
+        if unknown := sorted(tools - declared):
+            raise InvalidRequest(
+                f"tools names {unknown[0][:80]!r}, which this server does not offer "
+                f"(it offers: {', '.join(sorted(declared)) or 'none'})")
     session = None
     if request.session_id or request.session_token:
         if sessions is None:
@@ -149,6 +159,7 @@ def build_spec(request: rlm_pb2.CompletionRequest, settings: Settings,
         detach_grace_seconds=grace,
         answer_schema=schema,
         session=session,
+        tools=tools,
     )
 
 
@@ -176,7 +187,7 @@ class RLMServicer(RunControl, SessionControl, rlm_pb2_grpc.RLMServiceServicer):
             await context.abort(STATUS[ErrorKind.SHUTTING_DOWN].grpc, SHUTTING_DOWN)
         try:
             spec = build_spec(request, self.settings, context.time_remaining(), self.contexts,
-                              self.sessions)
+                              self.sessions, self.engine.services.tools)
             # Refused before any event, so a client sees only the status and its hint.
             self._slots.check(spec.received + spec.limits.timeout_seconds)
             return spec

@@ -23,7 +23,8 @@ def spec_for(servicer: RLMServicer, request: rlm_pb2.CompletionRequest) -> RunSp
     RequestFailed for an unknown, foreign or busy session."""
     if not servicer.accepting:
         raise ShuttingDown()
-    spec = build_spec(request, servicer.settings, None, servicer.contexts, servicer.sessions)
+    spec = build_spec(request, servicer.settings, None, servicer.contexts, servicer.sessions,
+                      servicer.engine.services.tools)
     servicer.slots.check(spec.received + spec.limits.timeout_seconds)
     return spec
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -73,8 +74,23 @@ async def _healthz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
 
 
-async def _openapi(request: web.Request) -> web.FileResponse:
-    return web.FileResponse(OPENAPI, headers={"Content-Type": "application/json"})
+OPENAPI_DOC: web.AppKey[bytes] = web.AppKey("openapi_doc", bytes)
+
+
+def openapi_document(tool_names: frozenset[str]) -> bytes:
+    """openapi.json as this server serves it: the request's ``tools.names`` may hold
+    only the operator tools it offers (the file says none)."""
+    doc = json.loads(OPENAPI.read_text())
+    if tool_names:
+        names = doc["components"]["schemas"]["CompletionRequest"]["properties"]["tools"][
+            "properties"]["names"]
+        names.pop("maxItems", None)
+        names["items"] = {"type": "string", "enum": sorted(tool_names)}
+    return json.dumps(doc, indent=2, ensure_ascii=False).encode()
+
+
+async def _openapi(request: web.Request) -> web.Response:
+    return web.Response(body=request.app[OPENAPI_DOC], content_type="application/json")
 
 
 async def _metrics(request: web.Request) -> web.Response:
@@ -101,6 +117,7 @@ def make_app(servicer: RLMServicer, settings: Settings,
     # A 50 MB context is a normal request; the gRPC face's message limit applies.
     app = web.Application(middlewares=middlewares, client_max_size=settings.max_message_bytes)
     app[routes.SERVICER] = servicer
+    app[OPENAPI_DOC] = openapi_document(servicer.engine.services.tools.all.names)
     app.on_response_prepare.append(_revalidate_page)
     app.router.add_post("/completion", routes.completion)
     app.router.add_route("*", "/completion", routes.method_not_allowed("POST"))

@@ -73,10 +73,21 @@ def pick_python(configured: str | None, is_root: bool) -> str:
     return found[0] if found else os.path.realpath(sys.executable)
 
 
-def check_readable(python: Path, site: Path, is_root: bool, active: list[str]) -> None:
-    """Raises if the sandbox uid could not read the interpreter, the venv or the package."""
+def check_readable(python: Path, site: Path, is_root: bool, active: list[str],
+                   tools: Path | None = None) -> None:
+    """Raises if the sandbox uid could not read the interpreter, the venv, the package
+    or the operator's tools module."""
     if not is_root or "uid" not in active:
         return
+    if tools is not None:
+        files = [tools, *tools.rglob("*.py")] if tools.is_dir() else [tools]
+        mounted = "readonly-fs" in active
+        for p in files:
+            bits = stat.S_IROTH | (stat.S_IXOTH if p.is_dir() else 0)
+            if not (_others_may(p, bits) if mounted else _world_accessible(p)):
+                raise SandboxUnavailable(
+                    f"TOOLS_MODULE: {p} is not readable by the sandbox uid; make it "
+                    "readable by others (the tools run as the model's code does)")
     if "readonly-fs" in active:
         # Mounted into the sandbox: only the trees' own permissions count.
         need = [(python.resolve(), stat.S_IXOTH),

@@ -29,6 +29,7 @@ from rlm_service.repl.proxy import CallbackProxy
 from rlm_service.repl.sandbox import CALLBACK_SOCKET_NAME, Sandbox
 from rlm_service.repl.spawn import spawn_guest
 from rlm_service.repl_guest import protocol
+from rlm_service.tools import NO_TOOLS, ToolGrant
 from rlm_service.uploads.file import ContextFile
 
 log = logging.getLogger(__name__)
@@ -130,7 +131,7 @@ class ReplProcess:
         return f"the REPL process exited with status {code}"
 
     # --- operations ---------------------------------------------------------------
-    async def load_context(self, context: Any, secret: str) -> None:
+    async def load_context(self, context: Any, secret: str, tools: ToolGrant = NO_TOOLS) -> None:
         """Writes the context to a file the guest reads: no giant frame on a pipe."""
         kind: Any = "str" if isinstance(context, str | ContextFile) else "json"
         path = self.run_dir / ("context.txt" if kind == "str" else "context.json")
@@ -141,7 +142,9 @@ class ReplProcess:
             await asyncio.to_thread(_write_context, path, context, kind)
         guest_dir, guest_socket = self.sandbox.guest_paths(self.run_dir)
         request = protocol.InitRequest(context_path=f"{guest_dir}/{path.name}",
-                                       context_kind=kind, secret=secret, socket=guest_socket)
+                                       context_kind=kind, secret=secret, socket=guest_socket,
+                                       sandbox_tools=list(tools.sandbox),
+                                       http_tools=list(tools.http))
         try:
             reply = await self._request(request, protocol.Ack, timeout=120.0)
         except TimeoutError:

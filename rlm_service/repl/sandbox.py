@@ -49,6 +49,8 @@ from rlm_service.repl.host_files import (
     site_dir,
 )
 from rlm_service.repl.seccomp import SeccompUnavailable, build_program, program_fd
+from rlm_service.repl.tools_mount import TOOLS_BROKEN, probe_code, tools_args, tools_bind
+from rlm_service.tools import SandboxModule, ToolConfigError
 
 log = logging.getLogger(__name__)
 
@@ -85,8 +87,10 @@ class Launch:
 class Sandbox:
     """Builds REPL launch commands; one per service process."""
 
-    def __init__(self, settings: Settings, runtime_dir: Path, callback_socket: Path) -> None:
+    def __init__(self, settings: Settings, runtime_dir: Path, callback_socket: Path,
+                 tools: SandboxModule | None = None) -> None:
         self.settings = settings
+        self.tools = tools
         self.runtime_dir = runtime_dir
         self.callback_socket = callback_socket
         allowed = {x.strip() for x in settings.sandbox_allow_missing.split(",") if x.strip()}
@@ -160,7 +164,8 @@ class Sandbox:
                         "only inside their user namespace (userns-uid instead of uid); "
                         "run as root for a host uid per REPL",
                         extra={"sandbox_layers": active})
-        check_readable(Path(self.python), self.site, self.is_root, active)
+        check_readable(Path(self.python), self.site, self.is_root, active,
+                       self.tools.source if self.tools else None)
         return tuple(active)
 
     def next_uid(self) -> int:
@@ -191,7 +196,7 @@ class Sandbox:
         # backend modules to poke at.
         binds += [Bind(PACKAGE_DIR / part, f"{GUEST_PKG_ROOT}/{PACKAGE_DIR.name}/{part}")
                   for part in GUEST_PACKAGE_PARTS]
-        return [*binds, Bind(run_dir, GUEST_RUN_DIR)]
+        return [*binds, *tools_bind(self.tools), Bind(run_dir, GUEST_RUN_DIR)]
 
     def launch(self, run_dir: Path, ctrl_fd: int, uid: int) -> Launch:
         guest_args = [
@@ -201,6 +206,7 @@ class Sandbox:
             "--ctrl-fd", str(ctrl_fd),
             "--limits", json.dumps(self.guest_limits()),
             "--max-output", str(self.settings.max_output_chars),
+            *tools_args(self.tools, "namespaces" in self.layers),
         ]
         kwargs: dict[str, Any] = {"pass_fds": (ctrl_fd,), "start_new_session": True}
         join = [] if self.cgroups is None else self.cgroups.join_argv(run_dir.name)
@@ -264,10 +270,11 @@ class Sandbox:
         probe_dir = self.runtime_dir / "probe"
         probe_dir.mkdir(mode=0o755, exist_ok=True)
         launch = self.launch(probe_dir, 0, self.next_uid())
-        # Replace the guest entry point with an import check.
+        # Replace the guest entry point with an import check (the tools module's too).
         argv = [
             *launch.argv[: launch.argv.index(GUEST_ENTRY) - 1],
-            "-c", "import grpc, rlm_service.repl_guest.protocol, os; print(os.getuid())",
+            "-c", "import grpc, rlm_service.repl_guest.protocol, os; print(os.getuid())"
+            + probe_code(self.tools, "namespaces" in self.layers),
         ]
         kwargs = {**launch.popen_kwargs,
                   "pass_fds": [fd for fd in launch.popen_kwargs["pass_fds"] if fd != 0]}
@@ -280,6 +287,9 @@ class Sandbox:
             launch.close()
             self.release(probe_dir)
             shutil.rmtree(probe_dir, ignore_errors=True)
+        if r.returncode == TOOLS_BROKEN and self.tools is not None:
+            raise ToolConfigError(f"TOOLS_MODULE {self.tools.source} does not work in the "
+                                  f"sandbox: {r.stderr.strip()[-1500:]}")
         if r.returncode != 0:
             raise SandboxUnavailable(
                 f"sandbox probe failed (exit {r.returncode}): {r.stderr.strip()[-500:]}"

@@ -18,6 +18,7 @@ from rlm_service.repl_guest.channel import Channel
 from rlm_service.repl_guest.executor import Executor, Outcome, too_long
 from rlm_service.repl_guest.framing import FrameError
 from rlm_service.repl_guest.functions import NAMES, CallbackClient, ModelFunctions
+from rlm_service.repl_guest.tools import ToolError, ToolModule, install
 
 TYPE_CHECKING = False  # typing is not imported: the guest pays for every import
 if TYPE_CHECKING:
@@ -25,8 +26,10 @@ if TYPE_CHECKING:
 
 # The service is the only caller, so a flat ``--name value`` list is all there is to
 # read; argparse (with the shutil, locale and gettext it loads) cost every REPL 4 ms.
-OPTIONS = {"--ctrl-fd": int, "--limits": str, "--max-output": int}
-DEFAULTS: dict[str, Any] = {"--limits": "{}", "--max-output": 20_000}
+OPTIONS = {"--ctrl-fd": int, "--limits": str, "--max-output": int,
+           "--tools-dir": str, "--tools-module": str}
+DEFAULTS: dict[str, Any] = {"--limits": "{}", "--max-output": 20_000,
+                            "--tools-dir": "", "--tools-module": ""}
 
 
 def parse_args(argv: list[str]) -> dict[str, Any]:
@@ -61,10 +64,12 @@ def apply_limits(limits: dict[str, int]) -> None:
 class Guest:
     """Serves the service's requests on ``channel`` with one executor."""
 
-    def __init__(self, channel: Channel, max_output: int) -> None:
+    def __init__(self, channel: Channel, max_output: int, tools: ToolModule) -> None:
         self.channel = channel
         self.executor = Executor(max_output, NAMES)
         self.functions: ModelFunctions | None = None
+        self.tools = tools
+        self._tool_names: set[str] = set()
 
     def serve(self) -> None:
         while (request := self.channel.recv()) is not None:
@@ -86,6 +91,14 @@ class Guest:
             self.executor, client,
             lambda text: self.channel.send(protocol.PartialPush(content=text)))
         self.functions.install(context)
+        try:
+            self._tool_names = install(self.executor.ns, self.tools, client,
+                                       request.sandbox_tools, request.http_tools,
+                                       self._tool_names)
+        except ToolError as exc:
+            return protocol.Ack(ok=False, error=str(exc))
+        # Listed like the built-in names: not the model's variables.
+        self.executor.reserved = NAMES | self._tool_names | {"ToolError"}
         return protocol.Ack(ok=True)
 
     def exec(self, code: str, timeout: float) -> protocol.ExecReply:
@@ -150,7 +163,9 @@ def main(argv: list[str] | None = None) -> None:
     # RLIMIT_NPROC. A forked child cannot use the parent's channel either way.
     # (Set now: model code may fork before the first sub-call imports grpc.)
     os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "0")
-    guest = Guest(channel, args["--max-output"])
+    # Operator code, imported under the limits above, before the first run arrives.
+    tools = ToolModule(args["--tools-dir"], args["--tools-module"])
+    guest = Guest(channel, args["--max-output"], tools)
     guest.executor.install_timer()
     channel.send(protocol.Ready(pid=os.getpid()))
     guest.serve()

@@ -73,6 +73,9 @@ class InitRequest:
     context_kind: Literal["str", "json"]
     secret: str
     socket: str
+    # The operator tools this run gets: functions of the tools module, HTTP tools.
+    sandbox_tools: list[str] = list_field()
+    http_tools: list[str] = list_field()
     op: Literal["init"] = "init"
 
 
@@ -258,7 +261,9 @@ def parse_host(frame: dict[str, Any]) -> HostMessage:
     if op == "init":
         kind: Literal["str", "json"] = "str" if frame.get("context_kind") == "str" else "json"
         return InitRequest(context_path=str(frame["context_path"]), context_kind=kind,
-                           secret=str(frame["secret"]), socket=str(frame["socket"]))
+                           secret=str(frame["secret"]), socket=str(frame["socket"]),
+                           sandbox_tools=[str(n) for n in frame.get("sandbox_tools", ())],
+                           http_tools=[str(n) for n in frame.get("http_tools", ())])
     if op == "exec":
         return ExecRequest(code=str(frame["code"]), timeout=float(frame.get("timeout", 0)))
     if op == "get_var":

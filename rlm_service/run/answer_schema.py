@@ -59,21 +59,24 @@ def as_json_value(text: str) -> Any:
 
 
 class AnswerSchema:
-    """A validated JSON Schema (its own $schema draft, 2020-12 by default)."""
+    """A validated JSON Schema (its own $schema draft, 2020-12 by default).
 
-    def __init__(self, schema: dict[str, Any]) -> None:
+    ``what`` names the schema in its errors: operator tools' argument schemas are
+    checked the same way (rlm_service/tools/http_config.py)."""
+
+    def __init__(self, schema: dict[str, Any], what: str = "answer_schema") -> None:
         text = json.dumps(schema, sort_keys=True)
         if len(text) > MAX_SCHEMA_CHARS:
-            raise BadSchema(f"answer_schema has {len(text):,} characters as JSON; the limit "
+            raise BadSchema(f"{what} has {len(text):,} characters as JSON; the limit "
                             f"is {MAX_SCHEMA_CHARS:,}")
         if remote := _remote_refs(schema):
-            raise BadSchema(f"answer_schema may use only local $refs (\"#/...\"), not "
+            raise BadSchema(f"{what} may use only local $refs (\"#/...\"), not "
                             f"{remote[0][:80]!r}")
         cls = validators.validator_for(schema, default=Draft202012Validator)
         try:
             cls.check_schema(schema)
         except SchemaError as exc:
-            raise BadSchema(f"answer_schema is not a valid JSON Schema: {exc.message[:300]}"
+            raise BadSchema(f"{what} is not a valid JSON Schema: {exc.message[:300]}"
                             ) from None
         self.schema = schema
         self.text = text
@@ -84,13 +87,18 @@ class AnswerSchema:
             value = as_json_value(answer)
         except ValueError as exc:
             return Checked(False, error=f"the answer is not a JSON value: {exc}")
+        error = self.problems(value)
+        return Checked(not error, value=value if not error else None, error=error)
+
+    def problems(self, value: Any) -> str:
+        """Where and how ``value`` fails the schema; empty when it matches."""
         errors = sorted(self._validator.iter_errors(value), key=lambda e: list(e.path))
         if not errors:
-            return Checked(True, value=value)
+            return ""
         shown = "; ".join(f"at {e.json_path}: {e.message[:_MESSAGE_CHARS]}"
                           for e in errors[:_ERRORS_SHOWN])
         more = f" (and {len(errors) - _ERRORS_SHOWN} more)" if len(errors) > _ERRORS_SHOWN else ""
-        return Checked(False, error=shown + more)
+        return shown + more
 
 
 def instructions(schema: AnswerSchema) -> str:

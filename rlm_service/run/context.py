@@ -7,7 +7,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from rlm_service.budget import Ledger, LimitExceeded, Usage
@@ -26,6 +26,8 @@ from rlm_service.run.ports import Pricing, ReplProvider, SecretRegistry
 from rlm_service.run.types import RequestSpec, RunResult
 from rlm_service.telemetry import metrics
 from rlm_service.telemetry.tracing import error_status, tracer
+from rlm_service.tools import Toolbox, ToolGrant
+from rlm_service.tools.http_call import HttpToolClient
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +42,9 @@ class Services:
     registry: SecretRegistry
     pricing: Pricing
     sandbox_layers: tuple[str, ...]
+    # The operator's tools (rlm_service/tools/) and the client HTTP tools go through.
+    tools: Toolbox = field(default_factory=Toolbox)
+    tool_client: HttpToolClient | None = None
 
     def backend_for(self, sub: bool) -> ModelBackend:
         name = self.settings.sub_backend if sub else self.settings.rlm_backend
@@ -82,8 +87,14 @@ class RequestContext:
         self.llm_limiter = asyncio.Semaphore(self.settings.batch_concurrency)
         self._child_limiters: dict[int, asyncio.Semaphore] = {}
         self.partial_answer = ""
+        # The tools of the root run and of child runs; HTTP tool calls made so far.
+        self.root_tools, self.child_tools = services.tools.grants(spec.tools)
+        self.tool_calls = 0
         self.task: asyncio.Task[RunResult] | None = None
         self.shutdown_reason = ""
+
+    def tools_for(self, depth: int) -> ToolGrant:
+        return self.root_tools if depth == 0 else self.child_tools
 
     def child_limiter(self, depth: int) -> asyncio.Semaphore:
         if depth not in self._child_limiters:

@@ -18,6 +18,8 @@ from rlm_service.run.loop import Run
 from rlm_service.run.ports import Pricing, ReplProvider, SecretRegistry
 from rlm_service.run.types import FinalAnswer, RequestSpec, RunResult, RunSpec
 from rlm_service.telemetry import metrics
+from rlm_service.tools import Toolbox
+from rlm_service.tools.http_call import HttpToolClient
 
 __all__ = ["Engine", "RequestSpec", "RunSpec"]
 
@@ -31,12 +33,14 @@ class Engine:
 
     def __init__(self, settings: Settings, backends: dict[str, ModelBackend],
                  repls: ReplProvider[Any], registry: SecretRegistry,
-                 sandbox_layers: tuple[str, ...], *, pricing: Pricing | None = None) -> None:
+                 sandbox_layers: tuple[str, ...], *, pricing: Pricing | None = None,
+                 tools: Toolbox | None = None, tool_client: HttpToolClient | None = None,
+                 ) -> None:
         self.settings = settings
         self.registry = registry
         self.services = Services(settings, backends, repls, registry,
                                  pricing if pricing is not None else ModelCatalog(settings),
-                                 sandbox_layers)
+                                 sandbox_layers, tools or Toolbox(), tool_client)
         self.active: set[RequestContext] = set()
         self._idle = asyncio.Event()
         self._idle.set()

@@ -66,6 +66,8 @@ class SubCallStarted:
     model: str
     recursive: bool
     prompt_preview: str
+    # An operator HTTP tool's name (model empty, the preview holds its arguments).
+    tool: str = ""
 
 
 @dataclass(frozen=True)
@@ -85,6 +87,7 @@ class SubCallFinished:
     fell_back_to_llm: bool
     # The whole request's usage so far.
     request_usage: Usage
+    tool: str = ""
 
 
 @dataclass(frozen=True)

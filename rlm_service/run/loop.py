@@ -23,6 +23,7 @@ from rlm_service.run.ports import Repl
 from rlm_service.run.types import ErrorKind, RequestFailed, RunResult, model_failure
 from rlm_service.telemetry import metrics
 from rlm_service.telemetry.tracing import tracer
+from rlm_service.tools import ToolGrant
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -53,6 +54,10 @@ class Run:
     compactor: Compactor = field(default_factory=Compactor)
     _inflight: set[asyncio.Task[Any]] = field(default_factory=set)
     _context: contextvars.Context = field(default_factory=contextvars.copy_context)
+
+    @property
+    def tools(self) -> ToolGrant:
+        return self.req.tools_for(self.depth)
 
     @property
     def model(self) -> str:
@@ -107,7 +112,7 @@ class Run:
                 # Pushed mid-block, so a budget stop that kills the block keeps it.
                 self.repl.on_partial = self._on_partial
             self.secret = services.registry.register(self)
-            await self.repl.load_context(self.context, self.secret)
+            await self.repl.load_context(self.context, self.secret, self.tools)
         except ReplError as exc:
             log.warning("REPL start failed: %s", exc)
             raise RequestFailed(ErrorKind.SANDBOX_UNAVAILABLE,
@@ -141,7 +146,8 @@ class Run:
         if self.depth == 0 and spec.session is not None:
             messages = spec.session.begin_turn(messages[0])
         options = spec.root_options if self.depth == 0 else spec.sub_options
-        options = dataclasses.replace(options, system_prompt=prompts.SYSTEM_PROMPT)
+        options = dataclasses.replace(options, system_prompt=prompts.system_prompt(
+            self.req.services.tools.describe(self.tools)))
         while self.iteration < spec.limits.max_iterations:
             self.iteration += 1
             reply = await self._root_turn(messages, options)

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from rlm_service.models import TokenUsage
 from rlm_service.repl import ExecResult
+from rlm_service.tools import NO_TOOLS, ToolGrant
 
 if TYPE_CHECKING:
     from rlm_service.repl import ReplPool, ReplProcess
@@ -30,8 +31,9 @@ class Repl(Protocol):
         """True once the interpreter is gone (it died, or was closed)."""
         ...
 
-    async def load_context(self, context: Any, secret: str) -> None:
-        """Makes ``context`` and the sub-call functions available; raises ReplError."""
+    async def load_context(self, context: Any, secret: str, tools: ToolGrant = NO_TOOLS) -> None:
+        """Makes ``context``, the sub-call functions and the run's operator tools
+        available; raises ReplError."""
         ...
 
     async def execute(self, code: str, timeout: float) -> ExecResult: ...

@@ -51,6 +51,13 @@ answer so far in answer["content"] (without setting answer["ready"]) as you \
 go: if a limit stops the run, that text is what the user receives.\
 """
 
+
+
+def system_prompt(tools: str) -> str:
+    """The system prompt, with the run's operator tools (if any) after the built-ins."""
+    return f"{SYSTEM_PROMPT}\n\n{tools}" if tools else SYSTEM_PROMPT
+
+
 PREVIEW_CHARS = 500
 LENGTHS_SHOWN = 20
 

@@ -36,6 +36,8 @@ class RequestSpec:
     answer_schema: AnswerSchema | None = None
     # The session the request runs in (rlm_service/sessions/): its REPL and history.
     session: Session | None = None
+    # The operator tools the request narrowed its runs to; None = all of them.
+    tools: frozenset[str] | None = None
     # The time limit counts from here, the request's arrival: a request that
     # first waits for a slot must still end before the client's deadline.
     received: float = field(default_factory=time.monotonic)

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from rlm_service.repl import ExecResult
 from rlm_service.run.ports import Repl, ReplProvider
+from rlm_service.tools import NO_TOOLS, ToolGrant
 
 if TYPE_CHECKING:
     from rlm_service.sessions.store import Session
@@ -39,8 +40,8 @@ class SessionRepl:
     def on_partial(self, value: Callable[[str], None] | None) -> None:
         self.inner.on_partial = value
 
-    async def load_context(self, context: Any, secret: str) -> None:
-        await self.inner.load_context(context, secret)
+    async def load_context(self, context: Any, secret: str, tools: ToolGrant = NO_TOOLS) -> None:
+        await self.inner.load_context(context, secret, tools)
         result = await self.inner.execute(f"context_{self.contexts} = context", _ALIAS_TIMEOUT)
         self.crashed = self.crashed or result.crashed
         self.contexts += 1

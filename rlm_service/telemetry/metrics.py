@@ -197,6 +197,20 @@ rlm_sandbox_escaped_processes = Counter(
     "rlm_sandbox_escaped_processes",
     "Sandbox processes found alive after their REPL was closed, and killed by the reaper.")
 
+# --- operator tools -------------------------------------------------------------
+rlm_tool_calls = Counter(
+    "rlm_tool_calls",
+    "HTTP tool calls made for REPL code, by tool and outcome: ok, refused (arguments, "
+    "limit, allow-list), error (the endpoint failed, timed out or answered too much).",
+    ("tool", "outcome"),
+)
+rlm_tool_call_duration_seconds = Histogram(
+    "rlm_tool_call_duration_seconds",
+    "Duration of HTTP tool calls that reached the endpoint, in seconds.",
+    ("tool",),
+    buckets=_REPL_BUCKETS,
+)
+
 # Zero-valued series for the fixed label sets make rate() and absent()-based
 # alerts work before the first event of each kind.
 for _request_outcome in REQUEST_OUTCOMES:

@@ -23,6 +23,7 @@ from rlm_service.callback import CallbackRegistry
 from rlm_service.repl import ExecResult, ReplError
 from rlm_service.run import subcalls
 from rlm_service.run.loop import Run
+from rlm_service.tools import NO_TOOLS, ToolGrant
 
 _INJECTED = {"context", "llm_query", "llm_query_batched", "rlm_query", "rlm_query_batched",
              "FINAL", "FINAL_VAR", "SHOW_VARS", "CRASH", "answer", "print"}
@@ -66,7 +67,7 @@ class MemoryRepl:
         self.ns: dict[str, Any] = {"__name__": "__main__"}
 
     # --- the Repl interface -------------------------------------------------------
-    async def load_context(self, context: Any, secret: str) -> None:
+    async def load_context(self, context: Any, secret: str, tools: ToolGrant = NO_TOOLS) -> None:
         if self.closed:
             raise ReplError("the REPL is closed")
         self._secret = secret

@@ -35,7 +35,8 @@ def plain_lines(event: rlm_pb2.CompletionEvent) -> list[str]:
         return out
     if kind == "sub_call_started":
         s = event.sub_call_started
-        what = "rlm_query" if s.kind == rlm_pb2.SUB_CALL_KIND_RLM else "llm_query"
+        what = ("rlm_query" if s.kind == rlm_pb2.SUB_CALL_KIND_RLM else
+                f"tool {s.tool}" if s.kind == rlm_pb2.SUB_CALL_KIND_TOOL else "llm_query")
         return [f"{_indent(s.depth)}{what} {s.call_id} started: {_clip(s.prompt_preview, 80)}"]
     if kind == "sub_call_finished":
         f = event.sub_call_finished

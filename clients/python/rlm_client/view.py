@@ -65,7 +65,8 @@ class Totals:
 
 @dataclass
 class CallView:
-    """One llm_query / rlm_query sub-call."""
+    """One llm_query / rlm_query sub-call, or an operator tool call (``model`` holds
+    the tool's name)."""
 
     call_id: str
     parent_id: str
@@ -216,7 +217,8 @@ class ViewState:
         call = self.calls.get(e.call_id)
         if call is None:
             call = CallView(e.call_id, e.parent_id, e.depth,
-                            e.kind == rlm_pb2.SUB_CALL_KIND_RLM, e.model, e.prompt_preview)
+                            e.kind == rlm_pb2.SUB_CALL_KIND_RLM, e.model or e.tool,
+                            e.prompt_preview)
             self.calls[e.call_id] = call
             self.run_of(e.parent_id, max(0, e.depth - 1)).calls.append(e.call_id)
         return call

@@ -161,14 +161,16 @@ export class RunView {
     this.states[state]++;
     n.state = state;
     n.line.dataset.state = state;
-    const facts = ["depth " + num(d.depth), d.model || "?"];
+    const tool = d.kind === "SUB_CALL_KIND_TOOL";
+    const facts = ["depth " + num(d.depth), d.model || d.tool || "?"];
     const tokens = Math.max(tokensOf(d.usage), n.inner);
     if (d.finished) facts.push(Number(d.latencySeconds || 0).toFixed(2) + " s");
     if (d.finished || tokens) facts.push(tokens + " tok");
     if (n.iters) facts.push(n.iters + " iteration" + (n.iters === 1 ? "" : "s"));
     if (d.fellBackToLlm) facts.push("ran as llm_query at max depth");
     const preview = (d.promptPreview || "").slice(0, 80);
-    const parts = [el("span", "kind" + (rlm ? " rlm" : ""), rlm ? "rlm_query" : "llm_query"),
+    const label = rlm ? "rlm_query" : tool ? "tool" : "llm_query";
+    const parts = [el("span", "kind" + (rlm ? " rlm" : ""), label),
       el("span", "state state-" + state, state), el("span", "facts", facts.join(" · ")),
       el("span", "preview", preview)];
     // Shown, not only in a tooltip: keyboard and screen-reader users get it too.

@@ -61,6 +61,8 @@ class _SubCallKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_SubCallKi
     """llm_query / llm_query_batched: one plain model call."""
     SUB_CALL_KIND_RLM: _SubCallKind.ValueType  # 2
     """rlm_query / rlm_query_batched: a child RLM run with its own REPL."""
+    SUB_CALL_KIND_TOOL: _SubCallKind.ValueType  # 3
+    """An operator tool called from the REPL (HTTP_TOOLS_FILE); `tool` names it."""
 
 class SubCallKind(_SubCallKind, metaclass=_SubCallKindEnumTypeWrapper): ...
 
@@ -69,6 +71,8 @@ SUB_CALL_KIND_LLM: SubCallKind.ValueType  # 1
 """llm_query / llm_query_batched: one plain model call."""
 SUB_CALL_KIND_RLM: SubCallKind.ValueType  # 2
 """rlm_query / rlm_query_batched: a child RLM run with its own REPL."""
+SUB_CALL_KIND_TOOL: SubCallKind.ValueType  # 3
+"""An operator tool called from the REPL (HTTP_TOOLS_FILE); `tool` names it."""
 Global___SubCallKind: _TypeAlias = SubCallKind  # noqa: Y015
 
 class _RunState:
@@ -229,6 +233,7 @@ class CompletionRequest(_message.Message):
     ANSWER_SCHEMA_FIELD_NUMBER: _builtins.int
     SESSION_ID_FIELD_NUMBER: _builtins.int
     SESSION_TOKEN_FIELD_NUMBER: _builtins.int
+    TOOLS_FIELD_NUMBER: _builtins.int
     prompt: _builtins.str
     """The question or instruction. Required."""
     context_ref: _builtins.str
@@ -283,6 +288,14 @@ class CompletionRequest(_message.Message):
         is validated (retried on a mismatch) and returned in FinalAnswer.value.
         """
 
+    @_builtins.property
+    def tools(self) -> Global___ToolSelection:
+        """Narrows the operator tools this request's runs get to these names (each
+        must be one the server declares, or the request is refused). Unset = all of
+        them; set and empty = none. Child runs get the intersection with the
+        server's CHILD_RUN_TOOLS.
+        """
+
     def __init__(
         self,
         *,
@@ -304,16 +317,37 @@ class CompletionRequest(_message.Message):
         answer_schema: _struct_pb2.Struct | None = ...,
         session_id: _builtins.str = ...,
         session_token: _builtins.str = ...,
+        tools: Global___ToolSelection | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["answer_schema", b"answer_schema", "context", b"context", "context_ref", b"context_ref", "context_source", b"context_source", "root_options", b"root_options", "sub_options", b"sub_options"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["answer_schema", b"answer_schema", "context", b"context", "context_ref", b"context_ref", "context_source", b"context_source", "root_options", b"root_options", "sub_options", b"sub_options", "tools", b"tools"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["answer_schema", b"answer_schema", "context", b"context", "context_ref", b"context_ref", "context_source", b"context_source", "detach_grace_seconds", b"detach_grace_seconds", "max_cost_usd", b"max_cost_usd", "max_depth", b"max_depth", "max_iterations", b"max_iterations", "max_llm_calls", b"max_llm_calls", "max_total_tokens", b"max_total_tokens", "prompt", b"prompt", "root_model", b"root_model", "root_options", b"root_options", "session_id", b"session_id", "session_token", b"session_token", "stream_root_text", b"stream_root_text", "sub_model", b"sub_model", "sub_options", b"sub_options", "timeout_seconds", b"timeout_seconds"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["answer_schema", b"answer_schema", "context", b"context", "context_ref", b"context_ref", "context_source", b"context_source", "detach_grace_seconds", b"detach_grace_seconds", "max_cost_usd", b"max_cost_usd", "max_depth", b"max_depth", "max_iterations", b"max_iterations", "max_llm_calls", b"max_llm_calls", "max_total_tokens", b"max_total_tokens", "prompt", b"prompt", "root_model", b"root_model", "root_options", b"root_options", "session_id", b"session_id", "session_token", b"session_token", "stream_root_text", b"stream_root_text", "sub_model", b"sub_model", "sub_options", b"sub_options", "timeout_seconds", b"timeout_seconds", "tools", b"tools"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_context_source: _TypeAlias = _typing.Literal["context", "context_ref"]  # noqa: Y015
     _WhichOneofArgType_context_source: _TypeAlias = _typing.Literal["context_source", b"context_source"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_context_source) -> _WhichOneofReturnType_context_source | None: ...
 
 Global___CompletionRequest: _TypeAlias = CompletionRequest  # noqa: Y015
+
+@_typing.final
+class ToolSelection(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAMES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def names(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        names: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["names", b"names"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ToolSelection: _TypeAlias = ToolSelection  # noqa: Y015
 
 @_typing.final
 class Usage(_message.Message):
@@ -601,6 +635,7 @@ class SubCallStarted(_message.Message):
     MODEL_FIELD_NUMBER: _builtins.int
     KIND_FIELD_NUMBER: _builtins.int
     PROMPT_PREVIEW_FIELD_NUMBER: _builtins.int
+    TOOL_FIELD_NUMBER: _builtins.int
     call_id: _builtins.str
     parent_id: _builtins.str
     """Call id of the run that made this call; empty for the request's root run."""
@@ -608,6 +643,10 @@ class SubCallStarted(_message.Message):
     model: _builtins.str
     kind: Global___SubCallKind.ValueType
     prompt_preview: _builtins.str
+    tool: _builtins.str
+    """SUB_CALL_KIND_TOOL: the tool's name (model is empty; prompt_preview holds
+    the arguments as JSON).
+    """
     def __init__(
         self,
         *,
@@ -617,10 +656,11 @@ class SubCallStarted(_message.Message):
         model: _builtins.str = ...,
         kind: Global___SubCallKind.ValueType = ...,
         prompt_preview: _builtins.str = ...,
+        tool: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["call_id", b"call_id", "depth", b"depth", "kind", b"kind", "model", b"model", "parent_id", b"parent_id", "prompt_preview", b"prompt_preview"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["call_id", b"call_id", "depth", b"depth", "kind", b"kind", "model", b"model", "parent_id", b"parent_id", "prompt_preview", b"prompt_preview", "tool", b"tool"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -643,6 +683,7 @@ class SubCallFinished(_message.Message):
     ERROR_MESSAGE_FIELD_NUMBER: _builtins.int
     FELL_BACK_TO_LLM_FIELD_NUMBER: _builtins.int
     RUN_USAGE_FIELD_NUMBER: _builtins.int
+    TOOL_FIELD_NUMBER: _builtins.int
     call_id: _builtins.str
     parent_id: _builtins.str
     depth: _builtins.int
@@ -655,6 +696,8 @@ class SubCallFinished(_message.Message):
     error_message: _builtins.str
     fell_back_to_llm: _builtins.bool
     """An rlm_query at max_depth that ran as a plain model call."""
+    tool: _builtins.str
+    """SUB_CALL_KIND_TOOL: the tool's name."""
     @_builtins.property
     def usage(self) -> Global___Usage: ...
     @_builtins.property
@@ -677,10 +720,11 @@ class SubCallFinished(_message.Message):
         error_message: _builtins.str = ...,
         fell_back_to_llm: _builtins.bool = ...,
         run_usage: Global___Usage | None = ...,
+        tool: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["run_usage", b"run_usage", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["call_id", b"call_id", "depth", b"depth", "error", b"error", "error_message", b"error_message", "fell_back_to_llm", b"fell_back_to_llm", "kind", b"kind", "latency_seconds", b"latency_seconds", "model", b"model", "parent_id", b"parent_id", "prompt_preview", b"prompt_preview", "response_preview", b"response_preview", "run_usage", b"run_usage", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["call_id", b"call_id", "depth", b"depth", "error", b"error", "error_message", b"error_message", "fell_back_to_llm", b"fell_back_to_llm", "kind", b"kind", "latency_seconds", b"latency_seconds", "model", b"model", "parent_id", b"parent_id", "prompt_preview", b"prompt_preview", "response_preview", b"response_preview", "run_usage", b"run_usage", "tool", b"tool", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1frlm/internal/v1/llm_query.proto\x12\x0frlm.internal.v1\x1a\x1cgoogle/protobuf/struct.proto\"i\n\x0cQueryRequest\x12\x0e\n\x06prompt\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x11\n\trecursive\x18\x03 \x01(\x08\x12\'\n\x07\x63ontext\x18\x04 \x01(\x0b\x32\x16.google.protobuf.Value\",\n\rQueryResponse\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\r\n\x05\x65rror\x18\x02 \x01(\x08\"r\n\x13QueryBatchedRequest\x12\x0f\n\x07prompts\x18\x01 \x03(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x11\n\trecursive\x18\x03 \x01(\x08\x12(\n\x08\x63ontexts\x18\x04 \x03(\x0b\x32\x16.google.protobuf.Value\"I\n\x14QueryBatchedResponse\x12\x31\n\tresponses\x18\x01 \x03(\x0b\x32\x1e.rlm.internal.v1.QueryResponse2\xb6\x01\n\x0fLLMQueryService\x12\x46\n\x05Query\x12\x1d.rlm.internal.v1.QueryRequest\x1a\x1e.rlm.internal.v1.QueryResponse\x12[\n\x0cQueryBatched\x12$.rlm.internal.v1.QueryBatchedRequest\x1a%.rlm.internal.v1.QueryBatchedResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1frlm/internal/v1/llm_query.proto\x12\x0frlm.internal.v1\x1a\x1cgoogle/protobuf/struct.proto\"i\n\x0cQueryRequest\x12\x0e\n\x06prompt\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x11\n\trecursive\x18\x03 \x01(\x08\x12\'\n\x07\x63ontext\x18\x04 \x01(\x0b\x32\x16.google.protobuf.Value\",\n\rQueryResponse\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\r\n\x05\x65rror\x18\x02 \x01(\x08\"r\n\x13QueryBatchedRequest\x12\x0f\n\x07prompts\x18\x01 \x03(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x11\n\trecursive\x18\x03 \x01(\x08\x12(\n\x08\x63ontexts\x18\x04 \x03(\x0b\x32\x16.google.protobuf.Value\"I\n\x14QueryBatchedResponse\x12\x31\n\tresponses\x18\x01 \x03(\x0b\x32\x1e.rlm.internal.v1.QueryResponse\"7\n\x0f\x43\x61llToolRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x16\n\x0e\x61rguments_json\x18\x02 \x01(\t\"@\n\x10\x43\x61llToolResponse\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\r\n\x05\x65rror\x18\x02 \x01(\x08\x12\x0f\n\x07is_json\x18\x03 \x01(\x08\x32\x87\x02\n\x0fLLMQueryService\x12\x46\n\x05Query\x12\x1d.rlm.internal.v1.QueryRequest\x1a\x1e.rlm.internal.v1.QueryResponse\x12[\n\x0cQueryBatched\x12$.rlm.internal.v1.QueryBatchedRequest\x1a%.rlm.internal.v1.QueryBatchedResponse\x12O\n\x08\x43\x61llTool\x12 .rlm.internal.v1.CallToolRequest\x1a!.rlm.internal.v1.CallToolResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -40,6 +40,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_QUERYBATCHEDREQUEST']._serialized_end=349
   _globals['_QUERYBATCHEDRESPONSE']._serialized_start=351
   _globals['_QUERYBATCHEDRESPONSE']._serialized_end=424
-  _globals['_LLMQUERYSERVICE']._serialized_start=427
-  _globals['_LLMQUERYSERVICE']._serialized_end=609
+  _globals['_CALLTOOLREQUEST']._serialized_start=426
+  _globals['_CALLTOOLREQUEST']._serialized_end=481
+  _globals['_CALLTOOLRESPONSE']._serialized_start=483
+  _globals['_CALLTOOLRESPONSE']._serialized_end=547
+  _globals['_LLMQUERYSERVICE']._serialized_start=550
+  _globals['_LLMQUERYSERVICE']._serialized_end=813
 # @@protoc_insertion_point(module_scope)

@@ -126,3 +126,54 @@ class QueryBatchedResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___QueryBatchedResponse: _TypeAlias = QueryBatchedResponse  # noqa: Y015
+
+@_typing.final
+class CallToolRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    ARGUMENTS_JSON_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """The tool's name as declared in the operator's config."""
+    arguments_json: _builtins.str
+    """The arguments as a JSON object (text: JSON numbers keep their exact type)."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        arguments_json: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["arguments_json", b"arguments_json", "name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CallToolRequest: _TypeAlias = CallToolRequest  # noqa: Y015
+
+@_typing.final
+class CallToolResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TEXT_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    IS_JSON_FIELD_NUMBER: _builtins.int
+    text: _builtins.str
+    """The endpoint's reply body, or why the call failed when error is set."""
+    error: _builtins.bool
+    is_json: _builtins.bool
+    """text is the JSON body of an application/json reply."""
+    def __init__(
+        self,
+        *,
+        text: _builtins.str = ...,
+        error: _builtins.bool = ...,
+        is_json: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "is_json", b"is_json", "text", b"text"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CallToolResponse: _TypeAlias = CallToolResponse  # noqa: Y015

@@ -47,6 +47,11 @@ class LLMQueryServiceStub:
                 request_serializer=rlm_dot_internal_dot_v1_dot_llm__query__pb2.QueryBatchedRequest.SerializeToString,
                 response_deserializer=rlm_dot_internal_dot_v1_dot_llm__query__pb2.QueryBatchedResponse.FromString,
                 _registered_method=True)
+        self.CallTool = channel.unary_unary(
+                '/rlm.internal.v1.LLMQueryService/CallTool',
+                request_serializer=rlm_dot_internal_dot_v1_dot_llm__query__pb2.CallToolRequest.SerializeToString,
+                response_deserializer=rlm_dot_internal_dot_v1_dot_llm__query__pb2.CallToolResponse.FromString,
+                _registered_method=True)
 
 
 class LLMQueryServiceServicer:
@@ -69,6 +74,14 @@ class LLMQueryServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CallTool(self, request, context):
+        """CallTool calls one of the operator's host-side HTTP tools (HTTP_TOOLS_FILE).
+        A refusal or failure is a response with error set, never a status.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_LLMQueryServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -81,6 +94,11 @@ def add_LLMQueryServiceServicer_to_server(servicer, server):
                     servicer.QueryBatched,
                     request_deserializer=rlm_dot_internal_dot_v1_dot_llm__query__pb2.QueryBatchedRequest.FromString,
                     response_serializer=rlm_dot_internal_dot_v1_dot_llm__query__pb2.QueryBatchedResponse.SerializeToString,
+            ),
+            'CallTool': grpc.unary_unary_rpc_method_handler(
+                    servicer.CallTool,
+                    request_deserializer=rlm_dot_internal_dot_v1_dot_llm__query__pb2.CallToolRequest.FromString,
+                    response_serializer=rlm_dot_internal_dot_v1_dot_llm__query__pb2.CallToolResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -140,6 +158,33 @@ class LLMQueryService:
             '/rlm.internal.v1.LLMQueryService/QueryBatched',
             rlm_dot_internal_dot_v1_dot_llm__query__pb2.QueryBatchedRequest.SerializeToString,
             rlm_dot_internal_dot_v1_dot_llm__query__pb2.QueryBatchedResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CallTool(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/rlm.internal.v1.LLMQueryService/CallTool',
+            rlm_dot_internal_dot_v1_dot_llm__query__pb2.CallToolRequest.SerializeToString,
+            rlm_dot_internal_dot_v1_dot_llm__query__pb2.CallToolResponse.FromString,
             options,
             channel_credentials,
             insecure,

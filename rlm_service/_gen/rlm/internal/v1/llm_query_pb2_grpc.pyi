@@ -40,6 +40,10 @@ class LLMQueryServiceStub:
     """Query makes one sub-call: a plain model call or a child RLM run."""
     QueryBatched: _grpc.UnaryUnaryMultiCallable[_llm_query_pb2.QueryBatchedRequest, _llm_query_pb2.QueryBatchedResponse]
     """QueryBatched makes many sub-calls concurrently; results keep their order."""
+    CallTool: _grpc.UnaryUnaryMultiCallable[_llm_query_pb2.CallToolRequest, _llm_query_pb2.CallToolResponse]
+    """CallTool calls one of the operator's host-side HTTP tools (HTTP_TOOLS_FILE).
+    A refusal or failure is a response with error set, never a status.
+    """
 
 @_typing.type_check_only
 class LLMQueryServiceAsyncStub(LLMQueryServiceStub):
@@ -53,6 +57,10 @@ class LLMQueryServiceAsyncStub(LLMQueryServiceStub):
     """Query makes one sub-call: a plain model call or a child RLM run."""
     QueryBatched: _aio.UnaryUnaryMultiCallable[_llm_query_pb2.QueryBatchedRequest, _llm_query_pb2.QueryBatchedResponse]  # type: ignore[assignment]
     """QueryBatched makes many sub-calls concurrently; results keep their order."""
+    CallTool: _aio.UnaryUnaryMultiCallable[_llm_query_pb2.CallToolRequest, _llm_query_pb2.CallToolResponse]  # type: ignore[assignment]
+    """CallTool calls one of the operator's host-side HTTP tools (HTTP_TOOLS_FILE).
+    A refusal or failure is a response with error set, never a status.
+    """
 
 class LLMQueryServiceServicer(metaclass=_abc_1.ABCMeta):
     """LLMQueryService is the REPL's way back to the service. It listens on a Unix
@@ -75,5 +83,15 @@ class LLMQueryServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_llm_query_pb2.QueryBatchedResponse, _abc.Awaitable[_llm_query_pb2.QueryBatchedResponse]]:
         """QueryBatched makes many sub-calls concurrently; results keep their order."""
+
+    @_abc_1.abstractmethod
+    def CallTool(
+        self,
+        request: _llm_query_pb2.CallToolRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_llm_query_pb2.CallToolResponse, _abc.Awaitable[_llm_query_pb2.CallToolResponse]]:
+        """CallTool calls one of the operator's host-side HTTP tools (HTTP_TOOLS_FILE).
+        A refusal or failure is a response with error set, never a status.
+        """
 
 def add_LLMQueryServiceServicer_to_server(servicer: LLMQueryServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
