@@ -3,6 +3,13 @@
 
 from __future__ import annotations
 
+import os
+
+# Before grpc is imported: the suite forks itself (pexpect's pty.fork for the CLI
+# tests) while its in-process servers' gRPC threads are busy, and gRPC's fork
+# handlers in such a child can abort it (SIGABRT) before it reaches exec.
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "0")
+
 import pytest
 
 # Before the imports below, so the helpers' asserts get pytest's messages too.
