@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import math
 import os
 import statistics
 import sys
@@ -143,8 +142,7 @@ def main() -> None:
     out["load_after"] = os.getloadavg()
     if args.json:
         args.json.write_text(json.dumps(out, indent=2))
-    if math.isfinite(out["load_after"][0]):
-        _say(f"load {out['load_before'][0]:.1f} -> {out['load_after'][0]:.1f}")
+    _say(f"load {out['load_before'][0]:.1f} -> {out['load_after'][0]:.1f}")
 
 
 if __name__ == "__main__":

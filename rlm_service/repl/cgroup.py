@@ -84,15 +84,22 @@ class ReplCgroup:
         """Kills what is left and removes the cgroups; returns pids that would not die."""
         left = self.kill()
         for d in self.dirs:
-            for _ in range(100):  # rmdir waits for the kernel to finish the exits
-                try:
-                    d.rmdir()
-                    break
-                except FileNotFoundError:
-                    break
-                except OSError:
-                    time.sleep(0.01)
+            _rmdir_settled(d)
         return left
+
+
+def _rmdir_settled(path: Path) -> bool:
+    """Removes a cgroup folder, waiting up to 1 s for the kernel to finish the exits of
+    its processes or the removal of its children; False if it is still there."""
+    for _ in range(100):
+        try:
+            path.rmdir()
+            return True
+        except FileNotFoundError:
+            return True
+        except OSError:
+            time.sleep(0.01)
+    return False
 
 
 class CgroupTree:
@@ -169,15 +176,7 @@ class CgroupTree:
     def close(self) -> None:
         """Removes the service's parent cgroups (ReplCgroups.close empties them first)."""
         for base in self.bases:
-            for _ in range(100):  # a REPL cgroup removed just now may still be settling
-                try:
-                    base.rmdir()
-                    break
-                except FileNotFoundError:
-                    break
-                except OSError:
-                    time.sleep(0.01)
-            else:
+            if not _rmdir_settled(base):
                 log.warning("could not remove the service cgroup", extra={"path": str(base)})
 
 

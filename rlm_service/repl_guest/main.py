@@ -12,6 +12,7 @@ import json
 import os
 import resource
 import socket
+import sys
 
 from rlm_service.repl_guest import protocol
 from rlm_service.repl_guest.channel import Channel
@@ -149,8 +150,6 @@ class Guest:
 
 
 def main(argv: list[str] | None = None) -> None:
-    import sys
-
     args = parse_args(sys.argv[1:] if argv is None else argv)
     apply_limits(json.loads(args["--limits"]))
     # Model code sees no stdin; fds 1/2 stay pipes the service drains.
