@@ -12,6 +12,7 @@ import pytest
 from rlm_service._gen.rlm.v1 import rlm_pb2_grpc
 from tests.conftest import StartServer, collect, final_of, repl
 from tests.fakes.gemini import FakeGemini
+from tests.support.procs import guest_pids, settled
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.timeout(90)]
 
@@ -51,3 +52,21 @@ async def test_pool_grows_with_arrivals_and_shrinks_when_idle(
         assert asyncio.get_running_loop().time() < deadline, idle
         await asyncio.sleep(0.2)
     assert idle == 1
+
+
+async def test_a_repl_that_finishes_starting_after_close_is_closed_too(
+        start_server: StartServer) -> None:
+    server = await start_server(sandbox_pool_size=0, sandbox_pool_max=0)
+    pool, sandbox = server._pool, server.sandbox
+    assert pool is not None and sandbox is not None
+    acquiring = asyncio.create_task(pool.acquire())
+    await asyncio.sleep(0.01)  # a REPL start takes tens of ms: it is under way now
+    assert not acquiring.done()
+    await pool.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        await acquiring
+    # Nothing of it is left: no guest process, no run dir, no REPL cgroup.
+    assert await settled(lambda: not guest_pids(sandbox.runtime_dir), 5)
+    assert not list((sandbox.runtime_dir / "runs").iterdir())
+    if sandbox.cgroups is not None:
+        assert not [p for b in sandbox.cgroups.tree.bases for p in b.glob("repl-*")]
